@@ -1,0 +1,41 @@
+# evfl developer entry points. `make demo` is the main job, `make test` the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+RUN := runs/main
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+# One pip call for every extra: pip must settle protobuf for ortools and grpcio-tools together.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[agent,fog,coordinator,dev]"
+	touch $(STAMP)
+
+# Main job. Until the end-to-end federated demo lands, it is a real central training run on the
+# shipped datasets: data summary, energy MLP (Dundee) with export, occupancy LSTMs (Dundee, Perth).
+demo: setup
+	$(BIN)/evfl data summary
+	$(BIN)/evfl model train --dataset dundee --target energy --out $(RUN)/dundee-energy
+	$(BIN)/evfl model export --model $(RUN)/dundee-energy --out $(RUN)/dundee-energy/export \
+		--quantize float16 --quantize int8
+	$(BIN)/evfl model train --dataset dundee --target occupancy --out $(RUN)/dundee-occupancy
+	$(BIN)/evfl model export --model $(RUN)/dundee-occupancy --out $(RUN)/dundee-occupancy/export
+	$(BIN)/evfl model train --dataset perth --target occupancy --out $(RUN)/perth-occupancy
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python -m bench.edge_inference
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,31 @@
+"""The ``evfl`` command: one sub-command group per concern.
+
+Heavy libraries (pandas, TensorFlow) are imported inside the commands that need them, so the
+vehicle agent's light install can run ``evfl`` too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from evfl import data_cli, model_cli
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+app = typer.Typer(
+    help="Federated, incremental learning of partitioned early-exit networks for EV charging.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cli.app, name="data")
+app.add_typer(model_cli.app, name="model")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
