@@ -72,7 +72,8 @@ def load_bundle(directory: Path) -> Bundle:
         normalization = Normalization.from_dict(meta["normalization"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{directory / META}: unreadable ({exc})") from exc
-    model = compile_model(build_model(config), config)
-    model.load_weights(directory / WEIGHTS)
+    model = build_model(config)
+    model.load_weights(directory / WEIGHTS)  # before compiling: the optimizer state is not ours
+    compile_model(model, config)
     parity = np.load(directory / PARITY, allow_pickle=False)
     return Bundle(model, config, normalization, meta["encoder"], meta["metadata"], parity)
