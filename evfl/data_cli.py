@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from evfl.user_errors import reported
+
+if TYPE_CHECKING:
+    from models.datasets.catalog import Dataset
 
 app = typer.Typer(
     help="Real EV charging datasets: loading, cleaning, summaries.", no_args_is_help=True
@@ -62,8 +65,8 @@ def summary(
     console.print(table)
 
 
-def _located(d: object) -> str:
-    sessions = d.sessions  # type: ignore[attr-defined]
+def _located(d: Dataset) -> str:
+    sessions = d.sessions
     located = sessions.loc[sessions["latitude"].notna(), "station_id"].nunique()
-    detail = ", ".join(f"{n} {src}" for src, n in d.location_sources.items())  # type: ignore[attr-defined]
+    detail = ", ".join(f"{n} {src}" for src, n in d.location_sources.items())
     return f"{located}" + (f" ({detail})" if detail else "")

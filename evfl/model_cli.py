@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from evfl.user_errors import reported
+
+if TYPE_CHECKING:
+    from models.metrics import ExitMetrics
 
 app = typer.Typer(help="Train and export the partitioned early-exit model.", no_args_is_help=True)
 console = Console()
@@ -28,7 +31,7 @@ def _parse_cuts(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _metrics_table(title: str, unit: str, rows: list[tuple[str, object, str]]) -> Table:
+def _metrics_table(title: str, unit: str, rows: list[tuple[str, ExitMetrics, str]]) -> Table:
     table = Table(title=title)
     for name in (
         "predictor",
@@ -40,8 +43,8 @@ def _metrics_table(title: str, unit: str, rows: list[tuple[str, object, str]]) -
     ):
         table.add_column(name, justify="left" if name == "predictor" else "right")
     for label, m, share in rows:
-        cover = "" if m.coverage90 != m.coverage90 else f"{m.coverage90:.3f}"  # type: ignore[attr-defined]
-        table.add_row(label, f"{m.mse:.3f}", f"{m.mae:.3f}", f"{m.rmse:.3f}", cover, share)  # type: ignore[attr-defined]
+        cover = "" if m.coverage90 != m.coverage90 else f"{m.coverage90:.3f}"  # NaN: no std
+        table.add_row(label, f"{m.mse:.3f}", f"{m.mae:.3f}", f"{m.rmse:.3f}", cover, share)
     return table
 
 
@@ -107,7 +110,7 @@ def train(
         (prepared.x_test, prepared.y_test),
     )
     unit = "kWh" if target == "energy" else "h"
-    rows: list[tuple[str, object, str]] = [
+    rows: list[tuple[str, ExitMetrics, str]] = [
         (name, m, "") for name, m in zip(EXIT_NAMES, evaluation.exits, strict=True)
     ]
     rates = ", ".join(
