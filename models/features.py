@@ -8,14 +8,12 @@ training sessions only; an unseen category encodes as all zeros.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 TARGETS = ("energy", "occupancy", "charging_time")
 FEATURE_SETS = ("paper", "rich")
-TargetName = Literal["energy", "occupancy", "charging_time"]
 
 
 class FeatureError(ValueError):
