@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 RUN := runs/main
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean proto proto-check
 
 setup: $(STAMP)
 
@@ -26,6 +26,26 @@ demo: setup
 	$(BIN)/evfl model train --dataset dundee --target occupancy --out $(RUN)/dundee-occupancy
 	$(BIN)/evfl model export --model $(RUN)/dundee-occupancy --out $(RUN)/dundee-occupancy/export
 	$(BIN)/evfl model train --dataset perth --target occupancy --out $(RUN)/perth-occupancy
+
+# Python code generated from proto/*.proto; committed, and CI fails when it is stale.
+PROTOC = $(BIN)/python -m grpc_tools.protoc -I.
+PROTO_SRC := $(wildcard proto/*.proto)
+GEN_TMP := .proto-check
+
+proto: setup
+	$(PROTOC) --python_out=. --pyi_out=. $(PROTO_SRC)
+	$(PROTOC) --grpc_python_out=. proto/station.proto
+
+proto-check: setup
+	rm -rf $(GEN_TMP) && mkdir -p $(GEN_TMP)
+	$(PROTOC) --python_out=$(GEN_TMP) --pyi_out=$(GEN_TMP) $(PROTO_SRC)
+	$(PROTOC) --grpc_python_out=$(GEN_TMP) proto/station.proto
+	for f in $(GEN_TMP)/proto/*; do \
+		cmp -s "$$f" "proto/$$(basename $$f)" || { echo "stale: proto/$$(basename $$f) (run make proto)"; exit 1; }; \
+	done
+	test "$$(ls proto/*_pb2*.py* | wc -l)" = "$$(ls $(GEN_TMP)/proto | wc -l)" || { echo "stray generated files in proto/"; exit 1; }
+	rm -rf $(GEN_TMP)
+	@echo "generated code in proto/ is up to date"
 
 test: setup
 	$(BIN)/pytest -q
