@@ -22,25 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from proto import partitions_pb2 as proto_dot_partitions__pb2
 from proto import signature_pb2 as proto_dot_signature__pb2
 from proto import tensors_pb2 as proto_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/federation.proto\x12\x07\x65vfl.v1\x1a\x15proto/signature.proto\x1a\x13proto/tensors.proto\"I\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.evfl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x98\x01\n\x0f\x44\x61taConstraints\x12&\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x14.evfl.v1.FeatureSpec\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0bmin_samples\x18\x03 \x01(\x03\x12\x1c\n\x14window_start_unix_ms\x18\x04 \x01(\x03\x12\x1a\n\x12window_end_unix_ms\x18\x05 \x01(\x03\"\xac\x02\n\x11ModelAnnouncement\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x19\n\x11model_config_json\x18\x04 \x01(\t\x12\x1a\n\x12preprocessing_json\x18\x05 \x01(\t\x12\x1e\n\x07weights\x18\x06 \x01(\x0b\x32\r.evfl.v1.Blob\x12-\n\x0b\x63onstraints\x18\x07 \x01(\x0b\x32\x18.evfl.v1.DataConstraints\x12\x1e\n\x16round_deadline_unix_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x61nnounced_unix_ms\x18\t \x01(\x03\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signature\"Q\n\nExitMetric\x12\x0c\n\x04\x65xit\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0b\n\x03mse\x18\x03 \x01(\x01\x12\x0b\n\x03mae\x18\x04 \x01(\x01\x12\x0c\n\x04rmse\x18\x05 \x01(\x01\"\x97\x02\n\x0c\x43lientUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\x11\n\tupdate_id\x18\x04 \x01(\t\x12\x14\n\x0csample_count\x18\x05 \x01(\x03\x12$\n\x07metrics\x18\x06 \x03(\x0b\x32\x13.evfl.v1.ExitMetric\x12\x1e\n\x07weights\x18\x07 \x01(\x0b\x32\r.evfl.v1.Blob\x12\x10\n\x08is_delta\x18\x08 \x01(\x08\x12\x15\n\rtrain_seconds\x18\t \x01(\x01\x12\r\n\x05round\x18\n \x01(\x03\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signatureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/federation.proto\x12\x07\x65vfl.v1\x1a\x16proto/partitions.proto\x1a\x15proto/signature.proto\x1a\x13proto/tensors.proto\"I\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.evfl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x98\x01\n\x0f\x44\x61taConstraints\x12&\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x14.evfl.v1.FeatureSpec\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0bmin_samples\x18\x03 \x01(\x03\x12\x1c\n\x14window_start_unix_ms\x18\x04 \x01(\x03\x12\x1a\n\x12window_end_unix_ms\x18\x05 \x01(\x03\"\xdc\x02\n\x11ModelAnnouncement\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x19\n\x11model_config_json\x18\x04 \x01(\t\x12\x1a\n\x12preprocessing_json\x18\x05 \x01(\t\x12\x1e\n\x07weights\x18\x06 \x01(\x0b\x32\r.evfl.v1.Blob\x12-\n\x0b\x63onstraints\x18\x07 \x01(\x0b\x32\x18.evfl.v1.DataConstraints\x12\x1e\n\x16round_deadline_unix_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x61nnounced_unix_ms\x18\t \x01(\x03\x12.\n\x0b\x65xit_policy\x18\n \x01(\x0b\x32\x19.evfl.v1.ExitPolicyParams\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signature\"Q\n\nExitMetric\x12\x0c\n\x04\x65xit\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0b\n\x03mse\x18\x03 \x01(\x01\x12\x0b\n\x03mae\x18\x04 \x01(\x01\x12\x0c\n\x04rmse\x18\x05 \x01(\x01\"\x97\x02\n\x0c\x43lientUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\x11\n\tupdate_id\x18\x04 \x01(\t\x12\x14\n\x0csample_count\x18\x05 \x01(\x03\x12$\n\x07metrics\x18\x06 \x03(\x0b\x32\x13.evfl.v1.ExitMetric\x12\x1e\n\x07weights\x18\x07 \x01(\x0b\x32\r.evfl.v1.Blob\x12\x10\n\x08is_delta\x18\x08 \x01(\x08\x12\x15\n\rtrain_seconds\x18\t \x01(\x01\x12\r\n\x05round\x18\n \x01(\x03\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signatureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURESPEC']._serialized_start=79
-  _globals['_FEATURESPEC']._serialized_end=152
-  _globals['_DATACONSTRAINTS']._serialized_start=155
-  _globals['_DATACONSTRAINTS']._serialized_end=307
-  _globals['_MODELANNOUNCEMENT']._serialized_start=310
-  _globals['_MODELANNOUNCEMENT']._serialized_end=610
-  _globals['_EXITMETRIC']._serialized_start=612
-  _globals['_EXITMETRIC']._serialized_end=693
-  _globals['_CLIENTUPDATE']._serialized_start=696
-  _globals['_CLIENTUPDATE']._serialized_end=975
+  _globals['_FEATURESPEC']._serialized_start=103
+  _globals['_FEATURESPEC']._serialized_end=176
+  _globals['_DATACONSTRAINTS']._serialized_start=179
+  _globals['_DATACONSTRAINTS']._serialized_end=331
+  _globals['_MODELANNOUNCEMENT']._serialized_start=334
+  _globals['_MODELANNOUNCEMENT']._serialized_end=682
+  _globals['_EXITMETRIC']._serialized_start=684
+  _globals['_EXITMETRIC']._serialized_end=765
+  _globals['_CLIENTUPDATE']._serialized_start=768
+  _globals['_CLIENTUPDATE']._serialized_end=1047
 # @@protoc_insertion_point(module_scope)

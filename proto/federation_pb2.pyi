@@ -1,3 +1,4 @@
+from proto import partitions_pb2 as _partitions_pb2
 from proto import signature_pb2 as _signature_pb2
 from proto import tensors_pb2 as _tensors_pb2
 from google.protobuf.internal import containers as _containers
@@ -33,7 +34,7 @@ class DataConstraints(_message.Message):
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., target: _Optional[str] = ..., min_samples: _Optional[int] = ..., window_start_unix_ms: _Optional[int] = ..., window_end_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ModelAnnouncement(_message.Message):
-    __slots__ = ("task_id", "version", "round", "model_config_json", "preprocessing_json", "weights", "constraints", "round_deadline_unix_ms", "announced_unix_ms", "signature")
+    __slots__ = ("task_id", "version", "round", "model_config_json", "preprocessing_json", "weights", "constraints", "round_deadline_unix_ms", "announced_unix_ms", "exit_policy", "signature")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +44,7 @@ class ModelAnnouncement(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     ROUND_DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ANNOUNCED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_POLICY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     version: int
@@ -53,8 +55,9 @@ class ModelAnnouncement(_message.Message):
     constraints: DataConstraints
     round_deadline_unix_ms: int
     announced_unix_ms: int
+    exit_policy: _partitions_pb2.ExitPolicyParams
     signature: _signature_pb2.Signature
-    def __init__(self, task_id: _Optional[str] = ..., version: _Optional[int] = ..., round: _Optional[int] = ..., model_config_json: _Optional[str] = ..., preprocessing_json: _Optional[str] = ..., weights: _Optional[_Union[_tensors_pb2.Blob, _Mapping]] = ..., constraints: _Optional[_Union[DataConstraints, _Mapping]] = ..., round_deadline_unix_ms: _Optional[int] = ..., announced_unix_ms: _Optional[int] = ..., signature: _Optional[_Union[_signature_pb2.Signature, _Mapping]] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., version: _Optional[int] = ..., round: _Optional[int] = ..., model_config_json: _Optional[str] = ..., preprocessing_json: _Optional[str] = ..., weights: _Optional[_Union[_tensors_pb2.Blob, _Mapping]] = ..., constraints: _Optional[_Union[DataConstraints, _Mapping]] = ..., round_deadline_unix_ms: _Optional[int] = ..., announced_unix_ms: _Optional[int] = ..., exit_policy: _Optional[_Union[_partitions_pb2.ExitPolicyParams, _Mapping]] = ..., signature: _Optional[_Union[_signature_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class ExitMetric(_message.Message):
     __slots__ = ("exit", "count", "mse", "mae", "rmse")
