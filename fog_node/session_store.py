@@ -1,0 +1,425 @@
+"""The station's durable store: sessions, per-task training state, unsent updates, rejections.
+
+SQLite in WAL mode with ``synchronous=FULL``: every write method commits before it returns, so
+an upload ack or a "trained up to" watermark sent after the call survives a crash or power
+loss. ``sessions.seq`` is the insertion order; a task's watermark is the last seq it trained
+on, so "new data" is ``frame(after_seq=watermark)``.
+
+Threads: one connection (``check_same_thread=False``) guarded by one lock, so the gRPC
+handlers and the trainer may share a store; writes are short and serialised anyway by SQLite.
+pandas is imported only by the methods that return frames.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from models.datasets.record import (
+    FLOAT_COLUMNS,
+    SESSION_COLUMNS,
+    STRING_COLUMNS,
+    TIME_COLUMNS,
+    Session,
+)
+from proto.session_codec import to_unix_ms, zone_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "MIGRATIONS",
+    "AddResult",
+    "SchemaTooNew",
+    "SessionStore",
+    "StoreError",
+    "TaskState",
+    "UnknownSeq",
+    "UpdateIdConflict",
+]
+
+# One entry per schema version: MIGRATIONS[i] takes a database from version i to i + 1.
+# Append only; never edit a released entry (stations upgrade in place).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE sessions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL UNIQUE,
+            station_id TEXT NOT NULL,
+            start_unix_ms INTEGER NOT NULL,
+            end_unix_ms INTEGER NOT NULL,
+            timezone TEXT NOT NULL,
+            energy_kwh REAL NOT NULL,
+            vehicle_id TEXT,
+            charging_time_h REAL,
+            connector TEXT,
+            charger_model TEXT,
+            latitude REAL,
+            longitude REAL,
+            received_unix_ms INTEGER NOT NULL
+        )""",
+        """CREATE TABLE task_state (
+            task_id TEXT PRIMARY KEY,
+            watermark INTEGER NOT NULL DEFAULT 0,
+            trained_version INTEGER NOT NULL DEFAULT -1,
+            serving_version INTEGER NOT NULL DEFAULT -1,
+            updates_sent INTEGER NOT NULL DEFAULT 0,
+            last_announcement BLOB,
+            last_compatibility TEXT NOT NULL DEFAULT ''
+        )""",
+        """CREATE TABLE pending_updates (
+            update_id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES task_state (task_id),
+            payload BLOB NOT NULL,
+            created_unix_ms INTEGER NOT NULL
+        )""",
+        "CREATE INDEX pending_updates_by_task ON pending_updates (task_id)",
+        """CREATE TABLE rejections (
+            reason TEXT PRIMARY KEY,
+            count INTEGER NOT NULL
+        )""",
+    ),
+)
+
+_STORED_COLUMNS = (
+    "session_id",
+    "station_id",
+    "start_unix_ms",
+    "end_unix_ms",
+    "timezone",
+    "energy_kwh",
+    "vehicle_id",
+    "charging_time_h",
+    "connector",
+    "charger_model",
+    "latitude",
+    "longitude",
+)
+_SELECT_SESSIONS = f"SELECT seq, {', '.join(_STORED_COLUMNS)} FROM sessions"
+_INSERT_SESSION = (
+    f"INSERT INTO sessions ({', '.join(_STORED_COLUMNS)}, received_unix_ms) "
+    f"VALUES ({', '.join('?' * (len(_STORED_COLUMNS) + 1))}) "
+    "ON CONFLICT (session_id) DO NOTHING"
+)
+
+
+class StoreError(Exception):
+    """The session store cannot do what was asked; the message names the file or id."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer evfl; opening it could corrupt it."""
+
+
+class UnknownSeq(StoreError):
+    """A seq asked for is not in the store."""
+
+
+class UpdateIdConflict(StoreError):
+    """An update id is already pending with a different task or payload."""
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Ids newly stored and ids already present (both durable once ``add`` returns)."""
+
+    committed: tuple[str, ...]
+    duplicate: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What a station has done for one federated task; persisted so a restart resumes it."""
+
+    task_id: str
+    watermark: int = 0  # last sessions.seq trained on
+    trained_version: int = -1
+    serving_version: int = -1
+    updates_sent: int = 0
+    last_announcement: bytes | None = None  # raw bytes, so serving survives a restart
+    last_compatibility: str = ""
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(TaskState))
+_UPDATABLE_TASK_FIELDS = frozenset(_TASK_FIELDS) - {"task_id"}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _session_row(s: Session, received_unix_ms: int) -> tuple[Any, ...]:
+    return (
+        s.session_id,
+        s.station_id,
+        to_unix_ms(s.start),
+        to_unix_ms(s.end),
+        zone_name(s.start.tzinfo),
+        s.energy_kwh,
+        s.vehicle_id,
+        s.charging_time_h,
+        s.connector,
+        s.charger_model,
+        s.latitude,
+        s.longitude,
+        received_unix_ms,
+    )
+
+
+def _to_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Rows of ``_SELECT_SESSIONS`` as a frame typed like ``to_session_frame`` output."""
+    import pandas as pd
+
+    raw = pd.DataFrame.from_records(rows, columns=["seq", *_STORED_COLUMNS])
+    zones = set(raw["timezone"])
+    zone = zones.pop() if len(zones) == 1 else "UTC"
+    out = pd.DataFrame(index=raw.index)
+    for name in SESSION_COLUMNS:
+        if name in TIME_COLUMNS:
+            ms = raw[f"{name}_unix_ms"].astype("int64")
+            out[name] = pd.to_datetime(ms, unit="ms", utc=True).dt.as_unit("us").dt.tz_convert(zone)
+        elif name in STRING_COLUMNS:
+            out[name] = raw[name].astype("string")
+        elif name in FLOAT_COLUMNS:
+            out[name] = pd.to_numeric(raw[name]).astype("float64")
+    out["seq"] = raw["seq"].astype("int64")
+    return out
+
+
+class SessionStore:
+    """One station's SQLite store. Open with a path; use as a context manager or ``close()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is explicit.
+        self._conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._configure()
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SessionStore({str(self.path)!r})"
+
+    def _configure(self) -> None:
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: WAL journal mode is unavailable (got {mode!r})")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+
+    def _migrate(self) -> None:
+        with self._write() as cur:
+            version = cur.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"{self.path} has schema version {version}, but this evfl knows versions "
+                    f"up to {len(MIGRATIONS)}; upgrade evfl or use another store path"
+                )
+            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(f"PRAGMA user_version = {int(target)}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction, committed (durably) on exit, rolled back on error."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def add(self, sessions: Sequence[Session]) -> AddResult:
+        """Store sessions in one transaction, committed before returning.
+
+        A session whose id is already stored (or appears earlier in ``sessions``) is a
+        duplicate: not stored again, even if its content differs. Sessions must already be
+        valid (:func:`models.datasets.validation.validate_session`).
+        """
+        received = _now_ms()
+        rows = [(s.session_id, _session_row(s, received)) for s in sessions]
+        committed: list[str] = []
+        duplicate: list[str] = []
+        with self._write() as cur:
+            for session_id, row in rows:
+                cur.execute(_INSERT_SESSION, row)
+                (committed if cur.rowcount == 1 else duplicate).append(session_id)
+        return AddResult(tuple(committed), tuple(duplicate))
+
+    def count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM sessions")[0][0])
+
+    def max_seq(self) -> int:
+        """The newest seq, 0 when the store is empty."""
+        return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM sessions")[0][0])
+
+    def frame(self, after_seq: int = 0, until_seq: int | None = None) -> pd.DataFrame:
+        """Sessions with ``after_seq < seq <= until_seq`` as SESSION_COLUMNS plus ``seq``.
+
+        Times are in the sessions' zone, or UTC if the selected sessions have several zones.
+        """
+        until = until_seq if until_seq is not None else 2**63 - 1
+        rows = self._read(
+            f"{_SELECT_SESSIONS} WHERE seq > ? AND seq <= ? ORDER BY seq", (after_seq, until)
+        )
+        return _to_frame(rows)
+
+    def sample_seqs(self, until_seq: int, n: int, seed: int) -> list[int]:
+        """A uniform sample (without replacement, sorted) of ``n`` stored seqs <= ``until_seq``;
+        all of them if fewer are stored. The same seed and store give the same sample."""
+        if n < 0:
+            raise ValueError(f"sample size must be >= 0, got {n}")
+        seqs = [r[0] for r in self._read("SELECT seq FROM sessions WHERE seq <= ?", (until_seq,))]
+        seqs.sort()
+        return sorted(random.Random(seed).sample(seqs, min(n, len(seqs))))
+
+    def frame_for_seqs(self, seqs: Iterable[int]) -> pd.DataFrame:
+        """The sessions with these seqs, ordered by seq; raises :class:`UnknownSeq` if any is
+        missing."""
+        wanted = sorted({int(s) for s in seqs})
+        rows = self._read(
+            f"{_SELECT_SESSIONS} WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq",
+            (json.dumps(wanted),),
+        )
+        if len(rows) != len(wanted):
+            missing = sorted(set(wanted) - {r[0] for r in rows})
+            raise UnknownSeq(f"{self.path}: no session with seq {missing[:10]}")
+        return _to_frame(rows)
+
+    # --- rejections ---------------------------------------------------------------------
+
+    def count_rejection(self, reason: str, n: int = 1) -> None:
+        """Add ``n`` sessions refused at upload for ``reason``."""
+        if n < 0:
+            raise ValueError(f"rejection count must be >= 0, got {n}")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO rejections (reason, count) VALUES (?, ?) "
+                "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count",
+                (reason, n),
+            )
+
+    def rejections(self) -> dict[str, int]:
+        return dict(self._read("SELECT reason, count FROM rejections ORDER BY reason"))
+
+    # --- task state ---------------------------------------------------------------------
+
+    def task_state(self, task_id: str) -> TaskState:
+        """The stored state of a task, or the defaults for a task never seen."""
+        rows = self._read(
+            f"SELECT {', '.join(_TASK_FIELDS)} FROM task_state WHERE task_id = ?", (task_id,)
+        )
+        return TaskState(*rows[0]) if rows else TaskState(task_id)
+
+    def update_task_state(self, task_id: str, **changes: Any) -> TaskState:
+        """Set some fields of a task's state in one atomic upsert; returns the new state."""
+        unknown = set(changes) - _UPDATABLE_TASK_FIELDS
+        if unknown:
+            raise TypeError(f"TaskState has no updatable field(s) {sorted(unknown)}")
+        names = sorted(changes)
+        columns = ", ".join(["task_id", *names])
+        marks = ", ".join("?" * (len(names) + 1))
+        if names:
+            sets = ", ".join(f"{n} = excluded.{n}" for n in names)
+            conflict = f"DO UPDATE SET {sets}"
+        else:
+            conflict = "DO NOTHING"
+        with self._write() as cur:
+            cur.execute(
+                f"INSERT INTO task_state ({columns}) VALUES ({marks}) "
+                f"ON CONFLICT (task_id) {conflict}",
+                (task_id, *(changes[n] for n in names)),
+            )
+            row = cur.execute(
+                f"SELECT {', '.join(_TASK_FIELDS)} FROM task_state WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        return TaskState(*row)
+
+    def task_ids(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT task_id FROM task_state ORDER BY task_id")]
+
+    # --- pending updates ----------------------------------------------------------------
+
+    def put_pending_update(self, update_id: str, task_id: str, payload: bytes) -> None:
+        """Keep an update until its delivery is confirmed. Putting the same update again is a
+        no-op; reusing its id for another task or payload raises :class:`UpdateIdConflict`."""
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO task_state (task_id) VALUES (?) ON CONFLICT DO NOTHING", (task_id,)
+            )
+            cur.execute(
+                "INSERT INTO pending_updates (update_id, task_id, payload, created_unix_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (update_id) DO NOTHING",
+                (update_id, task_id, bytes(payload), _now_ms()),
+            )
+            if cur.rowcount == 0:
+                stored = cur.execute(
+                    "SELECT task_id, payload FROM pending_updates WHERE update_id = ?",
+                    (update_id,),
+                ).fetchone()
+                if tuple(stored) != (task_id, bytes(payload)):
+                    raise UpdateIdConflict(
+                        f"update {update_id} is already pending with another task or payload"
+                    )
+
+    def pending_updates(self, task_id: str | None = None) -> list[tuple[str, str, bytes]]:
+        """``(update_id, task_id, payload)`` not yet confirmed, oldest first."""
+        sql = "SELECT update_id, task_id, payload FROM pending_updates"
+        params: tuple[str, ...] = ()
+        if task_id is not None:
+            sql += " WHERE task_id = ?"
+            params = (task_id,)
+        return [(u, t, bytes(p)) for u, t, p in self._read(f"{sql} ORDER BY rowid", params)]
+
+    def confirm_update(self, update_id: str) -> bool:
+        """Forget a delivered update; False if it was not pending (a repeated confirmation)."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM pending_updates WHERE update_id = ?", (update_id,))
+            return cur.rowcount == 1
