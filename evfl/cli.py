@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from evfl import data_cli, model_cli
+from evfl import data_cli, fog_cli, model_cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(model_cli.app, name="model")
+app.add_typer(fog_cli.app, name="fog")
 
 
 def main() -> None:

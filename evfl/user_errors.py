@@ -15,6 +15,11 @@ USER_ERRORS = (
     ("models.model_config", "ModelConfigError"),
     ("models.bundle", "BundleError"),
     ("models.export", "ExportParityError"),
+    ("fog_node.config", "ConfigError"),
+    ("proto.grpc_channel", "TlsConfigError"),
+    ("proto.signing", "KeyLoadError"),
+    ("proto.kafka", "InvalidKafkaSettings"),
+    ("fog_node.session_store", "StoreError"),
 )
 
 

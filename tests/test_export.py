@@ -155,14 +155,14 @@ def test_int8_shrinks_an_edge_with_enough_weights(tmp_path):
 
 
 def test_failed_conversion_is_recorded_not_fatal(tmp_path, monkeypatch):
-    real = export_mod._to_tflite
+    real = export_mod.to_tflite
 
     def cloud_fails(model, variant):
         if model.name == "cloud":
             raise RuntimeError("error: op 'Foo' is neither a custom op nor a flex op")
         return real(model, variant)
 
-    monkeypatch.setattr(export_mod, "_to_tflite", cloud_fails)
+    monkeypatch.setattr(export_mod, "to_tflite", cloud_fails)
     report = export_partitions(make_model(MLP), MLP, tmp_path, sample(MLP))
     assert [(s.partition, s.format) for s in report.skipped] == [("cloud", "tflite")]
     assert "neither a custom op" in report.skipped[0].reason

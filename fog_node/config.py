@@ -1,0 +1,139 @@
+"""The station's one config object: a TOML file, overridden by EVFL_FOG_* environment variables
+(nested with "__", e.g. EVFL_FOG_KAFKA__SASL_PASSWORD), overridden by command-line flags.
+
+Secrets (SASL password, key files) belong in the environment or in files the service user
+alone can read, never in a config file checked into a repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from proto.grpc_channel import ClientTls, ServerTls
+
+
+class ConfigError(ValueError):
+    """The station's configuration is unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSection(_Section):
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: mutual TLS, vehicles must present a certificate
+
+    def server(self) -> ServerTls:
+        return ServerTls(self.cert_file, self.key_file, self.client_ca_file)
+
+
+class CloudSection(_Section):
+    target: str = ""  # host:port of the CloudService; empty: the fog answers, degraded
+    timeout_s: float = Field(2.0, gt=0)
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # the station's client certificate for mutual TLS
+    key_file: Path | None = None
+    server_name: str | None = None
+    tls: bool = False
+
+    def client_tls(self) -> ClientTls | None:
+        if not (self.tls or self.ca_file or self.cert_file):
+            return None
+        return ClientTls(self.ca_file, self.cert_file, self.key_file, self.server_name)
+
+
+class KafkaSection(_Section):
+    bootstrap_servers: str = ""  # empty: no federated training, serving only
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict)  # passed to librdkafka verbatim
+
+
+class TrainingSection(_Section):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    time_budget_s: float = Field(60.0, gt=0)
+    replay_ratio: float = Field(1.0, ge=0)
+    replay_max: int = Field(2000, ge=0)
+    seed: int = 0
+
+
+class SigningSection(_Section):
+    keyring_dir: Path | None = None  # public keys (*.pub.pem) that may sign announcements
+    require_signed: bool = False
+    key_file: Path | None = None  # this station's private key for its updates
+    key_env: str | None = None  # or: an environment variable holding the PEM
+    key_id: str = ""
+
+
+class FogConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EVFL_FOG_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+    _toml_file: ClassVar[Path | None] = None
+
+    station_id: str = Field(min_length=1)
+    accepted_station_ids: list[str] = Field(default_factory=list)  # charge points of this site
+    state_dir: Path = Path("fog-state")
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = ""  # "127.0.0.1:9101"; empty: no metrics endpoint
+    tls: TlsSection | None = None
+    cloud: CloudSection = CloudSection()
+    kafka: KafkaSection = KafkaSection()
+    tasks: list[str] = Field(default_factory=list)
+    training: TrainingSection = TrainingSection()
+    signing: SigningSection = SigningSection()
+    max_sessions_per_stream: int = Field(200_000, ge=1)
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    serve_workers: int = Field(8, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "sessions.sqlite3"
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> FogConfig:
+    """TOML at ``path`` < environment < ``overrides`` (None values are ignored)."""
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    values = {k: v for k, v in overrides.items() if v is not None}
+    source = type("FogConfigFromFile", (FogConfig,), {"_toml_file": path})
+    try:
+        return source(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path or 'config'}: {problems}") from exc
+    except (OSError, ValueError) as exc:  # unreadable TOML
+        raise ConfigError(f"{path}: {exc}") from exc
