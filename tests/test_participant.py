@@ -1,0 +1,186 @@
+"""A station's handling of announcements, without Kafka: serve, check, train, answer, persist."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from fog_node.metrics import FogMetrics
+from fog_node.participant import Participant
+from fog_node.session_store import SessionStore
+from models.constraints import constraints_for
+from models.datasets.record import iter_sessions
+from models.incremental import IncrementalSettings
+from models.served_partition import ServedVersions
+from proto.constraints_codec import constraints_to_proto
+from proto.federation_codec import build_announcement, end_of_task, read_update
+from proto.signing import KeyRing, generate_keypair, load_signer
+
+TASK = "dundee-energy"
+
+
+def _announce(g, version, min_samples=50, weights=None, signer=None, deadline_s=600):
+    now = int(time.time() * 1000)
+    message, chunks = build_announcement(
+        TASK,
+        version,
+        version,
+        g.config.to_dict(),
+        g.preprocessing.to_dict(),
+        g.weights if weights is None else weights,
+        constraints_to_proto(constraints_for(g.preprocessing, min_samples)),
+        (float("inf"), float("inf")),
+        now + deadline_s * 1000,
+        now,
+        signer,
+    )
+    assert not chunks
+    return message.SerializeToString()
+
+
+@pytest.fixture
+def station(tmp_path, energy_global):
+    store = SessionStore(tmp_path / "sessions.sqlite3")
+    store.add(list(iter_sessions(energy_global.station_sessions.head(400))))
+    served = ServedVersions()
+    metrics = FogMetrics()
+    p = Participant(
+        energy_global.station,
+        [TASK],
+        store,
+        served,
+        metrics,
+        IncrementalSettings(epochs=2, time_budget_s=30),
+    )
+    yield p
+    store.close()
+
+
+def test_an_announcement_is_served_trained_on_and_answered(station, energy_global):
+    outcome = station.on_announcement(_announce(energy_global, 1))
+    assert outcome.kind == "trained", outcome.detail
+    assert station.served.tasks() == {TASK: 1}
+    update_id, payload = outcome.update
+    update = read_update(payload)
+    msg = update.message
+    assert (msg.task_id, msg.station_id, msg.base_version) == (TASK, energy_global.station, 1)
+    assert msg.update_id == update_id == f"{energy_global.station}:{TASK}:v1"
+    assert msg.sample_count > 0
+    assert [m.exit for m in msg.metrics] == ["edge", "fog", "cloud"]
+    assert [w.shape for w in update.weights] == [w.shape for w in energy_global.weights]
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(update.weights, energy_global.weights, strict=True)
+    )
+    state = station.store.task_state(TASK)
+    assert state.trained_version == 1 and state.serving_version == 1
+    assert state.watermark == station.store.max_seq()
+    assert [u for u, _, _ in station.store.pending_updates()] == [update_id]
+    assert station.metrics.announcements.labels("trained")._value.get() == 1
+
+
+def test_a_redelivered_version_is_stale_and_new_sessions_are_needed_for_the_next(
+    station, energy_global
+):
+    assert station.on_announcement(_announce(energy_global, 1)).kind == "trained"
+    assert station.on_announcement(_announce(energy_global, 1)).kind == "stale"
+    nothing_new = station.on_announcement(_announce(energy_global, 2))
+    assert nothing_new.kind == "incompatible"
+    assert "only 0 new usable sessions" in nothing_new.detail
+    assert station.served.tasks() == {TASK: 2}  # still serves the newest version
+    station.store.add(list(iter_sessions(energy_global.station_sessions.iloc[400:600])))
+    assert station.on_announcement(_announce(energy_global, 3)).kind == "trained"
+
+
+def test_serving_survives_a_restart(tmp_path, station, energy_global):
+    station.on_announcement(_announce(energy_global, 4))
+    path = tmp_path / "sessions.sqlite3"
+    station.store.close()
+    store = SessionStore(path)
+    again = Participant(
+        energy_global.station,
+        [TASK],
+        store,
+        ServedVersions(),
+        FogMetrics(),
+        IncrementalSettings(epochs=1),
+    )
+    assert again.restore() == [f"{TASK} v4"]
+    assert again.served.tasks() == {TASK: 4}
+    assert again.on_announcement(_announce(energy_global, 4)).kind == "stale"
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "kind", "words"),
+    [
+        (lambda g: b"\x08\x96\x01 not a protobuf \xff", "MalformedMessage", "parse"),
+        (lambda g: _flip_weight_byte(_announce(g, 1)), "HashMismatch", "sha256"),
+        (
+            lambda g: _announce(g, 1, weights=[w[..., :1] for w in g.weights]),
+            "shape_mismatch",
+            "shape",
+        ),
+        (
+            lambda g: _announce(g, 1, weights=[np.full_like(w, np.nan) for w in g.weights]),
+            "BadTensor",
+            "NaN",
+        ),
+        (lambda g: _announce(g, 1, min_samples=10_000), "incompatible", "round needs 10000"),
+        (lambda g: _announce(g, 1, deadline_s=-60), "deadline_passed", "deadline"),
+    ],
+    ids=["garbage", "bad-hash", "wrong-shapes", "nan-weights", "too-few-sessions", "late"],
+)
+def test_bad_announcements_are_refused_counted_and_change_nothing(
+    station, energy_global, make, kind, words
+):
+    outcome = station.on_announcement(make(energy_global))
+    assert outcome.kind == kind
+    assert words in outcome.detail
+    assert outcome.update is None
+    assert station.metrics.announcements.labels(kind)._value.get() == 1
+    assert station.store.task_state(TASK).trained_version == -1
+    assert station.store.count() == 400
+
+
+def _flip_weight_byte(data: bytes) -> bytes:
+    from proto import federation_pb2
+
+    message = federation_pb2.ModelAnnouncement.FromString(data)
+    stored = bytearray(message.weights.data)
+    stored[len(stored) // 2] ^= 0x01
+    message.weights.data = bytes(stored)
+    return message.SerializeToString()
+
+
+def test_unknown_tasks_and_the_end_of_a_task(station, energy_global):
+    other = station.on_announcement(
+        _announce(energy_global, 1).replace(TASK.encode(), b"perth-energyX")
+    )
+    assert other.kind == "unknown_task"
+    assert station.on_announcement(_announce(energy_global, 1)).kind == "trained"
+    ended = station.on_announcement(end_of_task(TASK, int(time.time() * 1000)))
+    assert ended.kind == "ended"
+    assert station.served.tasks() == {TASK: 1}  # the last model keeps answering vehicles
+    assert station.store.task_state(TASK).last_compatibility == "task ended"
+
+
+def test_signed_announcements_only_from_known_keys(tmp_path, station, energy_global):
+    private, public = generate_keypair(tmp_path / "keys", "coordinator-1")
+    ring = KeyRing()
+    from proto.signing import load_public_key
+
+    ring.add("coordinator-1", load_public_key(public))
+    station.keyring, station.require_signed = ring, True
+    unsigned = station.on_announcement(_announce(energy_global, 1))
+    assert unsigned.kind == "BadSignature"
+    rogue_private, _ = generate_keypair(tmp_path / "rogue", "coordinator-1")
+    forged = station.on_announcement(
+        _announce(energy_global, 1, signer=load_signer(rogue_private, "coordinator-1"))
+    )
+    assert forged.kind == "BadSignature"
+    signed = station.on_announcement(
+        _announce(energy_global, 1, signer=load_signer(private, "coordinator-1"))
+    )
+    assert signed.kind == "trained", signed.detail
