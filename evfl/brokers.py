@@ -127,12 +127,14 @@ class _Child:
         if proc is not None:
             pgid = proc.pid  # start_new_session: the child leads its own group
             _signal_group(pgid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
+            if not _exited(proc, grace):
                 _signal_group(pgid, signal.SIGKILL)
-                proc.wait()
-            _signal_group(pgid, signal.SIGKILL)  # anything the broker spawned and left behind
+                _exited(proc, 10.0)
+            if hasattr(os, "waitid"):
+                # The unreaped leader still holds the group id, so this reaches only what
+                # the broker spawned and left behind, never a stranger that reused the id.
+                _signal_group(pgid, signal.SIGKILL)
+            proc.wait()
         self._close_log()
 
     def _close_log(self) -> None:
@@ -146,6 +148,26 @@ class _Child:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the child to exit, leaving it unreaped where possible."""
+    if not hasattr(os, "waitid"):
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # already reaped
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

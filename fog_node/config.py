@@ -62,6 +62,9 @@ class KafkaSection(_Section):
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
+    # Off for the embedded broker: its producer ids vanish on a restart and an idempotent
+    # producer then retries forever.
+    enable_idempotence: bool = True
     extra: dict[str, str] = Field(default_factory=dict)  # passed to librdkafka verbatim
 
 

@@ -51,6 +51,7 @@ def kafka_settings(config: FogConfig) -> KafkaSettings | None:
         ssl_certificate_location=k.ssl_certificate_location,
         ssl_key_location=k.ssl_key_location,
         message_max_bytes=config.max_message_bytes,
+        enable_idempotence=k.enable_idempotence,
         extra=tuple(sorted(k.extra.items())),
     )
 

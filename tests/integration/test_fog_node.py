@@ -50,6 +50,7 @@ class FogProcess:
             f'tasks = ["{task}"]\n'
             "[kafka]\n"
             f'bootstrap_servers = "{bootstrap}"\n'
+            "enable_idempotence = false\n"
             "[training]\n"
             "epochs = 2\n"
             "time_budget_s = 60\n"
