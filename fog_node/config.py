@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,71 +18,26 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from proto.grpc_channel import ClientTls, ServerTls
+from proto.transport_config import (
+    GrpcClientSection,
+    KafkaSection,
+    Section,
+    ServerTlsSection,
+    SigningSection,
+)
 
 
 class ConfigError(ValueError):
     """The station's configuration is unreadable or invalid."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsSection(_Section):
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None  # set: mutual TLS, vehicles must present a certificate
-
-    def server(self) -> ServerTls:
-        return ServerTls(self.cert_file, self.key_file, self.client_ca_file)
-
-
-class CloudSection(_Section):
-    target: str = ""  # host:port of the CloudService; empty: the fog answers, degraded
-    timeout_s: float = Field(2.0, gt=0)
-    ca_file: Path | None = None
-    cert_file: Path | None = None  # the station's client certificate for mutual TLS
-    key_file: Path | None = None
-    server_name: str | None = None
-    tls: bool = False
-
-    def client_tls(self) -> ClientTls | None:
-        if not (self.tls or self.ca_file or self.cert_file):
-            return None
-        return ClientTls(self.ca_file, self.cert_file, self.key_file, self.server_name)
-
-
-class KafkaSection(_Section):
-    bootstrap_servers: str = ""  # empty: no federated training, serving only
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-    # Off for the embedded broker: its producer ids vanish on a restart and an idempotent
-    # producer then retries forever.
-    enable_idempotence: bool = True
-    extra: dict[str, str] = Field(default_factory=dict)  # passed to librdkafka verbatim
-
-
-class TrainingSection(_Section):
+class TrainingSection(Section):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
     time_budget_s: float = Field(60.0, gt=0)
     replay_ratio: float = Field(1.0, ge=0)
     replay_max: int = Field(2000, ge=0)
     seed: int = 0
-
-
-class SigningSection(_Section):
-    keyring_dir: Path | None = None  # public keys (*.pub.pem) that may sign announcements
-    require_signed: bool = False
-    key_file: Path | None = None  # this station's private key for its updates
-    key_env: str | None = None  # or: an environment variable holding the PEM
-    key_id: str = ""
 
 
 class FogConfig(BaseSettings):
@@ -96,8 +51,8 @@ class FogConfig(BaseSettings):
     state_dir: Path = Path("fog-state")
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = ""  # "127.0.0.1:9101"; empty: no metrics endpoint
-    tls: TlsSection | None = None
-    cloud: CloudSection = CloudSection()
+    tls: ServerTlsSection | None = None
+    cloud: GrpcClientSection = GrpcClientSection()
     kafka: KafkaSection = KafkaSection()
     tasks: list[str] = Field(default_factory=list)
     training: TrainingSection = TrainingSection()

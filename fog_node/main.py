@@ -26,45 +26,12 @@ from models.incremental import IncrementalSettings
 from models.served_partition import ServedVersions
 from proto import station_pb2, station_pb2_grpc
 from proto.grpc_channel import add_health_and_reflection, bind, message_options, open_channel
-from proto.kafka import KafkaSettings
 from proto.limits import WireLimits
-from proto.signing import KeyRing, Signer, load_keyring, load_signer, signer_from_env
 
 log = logging.getLogger("evfl.fog")
 
 STOP_GRACE_S = 5.0
 STATION_SERVICE = station_pb2.DESCRIPTOR.services_by_name["StationService"].full_name
-
-
-def kafka_settings(config: FogConfig) -> KafkaSettings | None:
-    k = config.kafka
-    if not k.bootstrap_servers:
-        return None
-    return KafkaSettings(
-        bootstrap_servers=k.bootstrap_servers,
-        client_id=f"evfl-fog-{config.station_id}",
-        security_protocol=k.security_protocol,  # type: ignore[arg-type]
-        sasl_mechanism=k.sasl_mechanism,
-        sasl_username=k.sasl_username,
-        sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
-        ssl_ca_location=k.ssl_ca_location,
-        ssl_certificate_location=k.ssl_certificate_location,
-        ssl_key_location=k.ssl_key_location,
-        message_max_bytes=config.max_message_bytes,
-        enable_idempotence=k.enable_idempotence,
-        extra=tuple(sorted(k.extra.items())),
-    )
-
-
-def _keys(config: FogConfig) -> tuple[KeyRing | None, Signer | None]:
-    s = config.signing
-    keyring = load_keyring(s.keyring_dir) if s.keyring_dir else None
-    signer = None
-    if s.key_file:
-        signer = load_signer(s.key_file, s.key_id or config.station_id)
-    elif s.key_env:
-        signer = signer_from_env(s.key_env, s.key_id or config.station_id)
-    return keyring, signer
 
 
 class FogNode:
@@ -74,7 +41,7 @@ class FogNode:
         self.metrics = FogMetrics()
         self.store = SessionStore(config.store_path)
         self.served = ServedVersions()
-        keyring, signer = _keys(config)
+        keyring, signer = config.signing.load(config.station_id)
         t = config.training
         self.participant = Participant(
             config.station_id,
@@ -137,7 +104,7 @@ class FogNode:
             self.metrics_server = start_http_server(
                 int(port), addr=host or "0.0.0.0", registry=self.metrics.registry
             )
-        settings = kafka_settings(c)
+        settings = c.kafka.settings(f"evfl-fog-{c.station_id}", c.max_message_bytes)
         if settings is not None and c.tasks:
             self.loop = FederationLoop(
                 settings, c.station_id, c.tasks, self.participant, self.store, self.metrics

@@ -28,6 +28,10 @@ END_OF_TASK = -1  # the version of the announcement that ends a task (as in Kafk
 _DEFAULT_LIMITS = WireLimits()
 
 
+class NonFiniteWeights(BadTensor):
+    """Weights holding NaN or Inf: a diverged or poisoned update."""
+
+
 @dataclass(frozen=True)
 class ExitScore:
     exit: str  # edge | fog | cloud
@@ -79,7 +83,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 def _finite(weights: list[np.ndarray], what: str) -> list[np.ndarray]:
     for i, w in enumerate(weights):
         if np.issubdtype(w.dtype, np.floating) and not np.all(np.isfinite(w)):
-            raise BadTensor(f"{what}: weights[{i}] holds NaN or Inf")
+            raise NonFiniteWeights(f"{what}: weights[{i}] holds NaN or Inf")
     return weights
 
 
