@@ -124,7 +124,7 @@ def test_serving_survives_a_restart(tmp_path, station, energy_global):
         ),
         (
             lambda g: _announce(g, 1, weights=[np.full_like(w, np.nan) for w in g.weights]),
-            "BadTensor",
+            "NonFiniteWeights",
             "NaN",
         ),
         (lambda g: _announce(g, 1, min_samples=10_000), "incompatible", "round needs 10000"),
