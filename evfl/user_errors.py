@@ -15,11 +15,16 @@ USER_ERRORS = (
     ("models.model_config", "ModelConfigError"),
     ("models.bundle", "BundleError"),
     ("models.export", "ExportParityError"),
-    ("fog_node.config", "ConfigError"),
+    ("proto.config_files", "ConfigError"),
     ("proto.grpc_channel", "TlsConfigError"),
     ("proto.signing", "KeyLoadError"),
     ("proto.kafka", "InvalidKafkaSettings"),
     ("fog_node.session_store", "StoreError"),
+    ("coordinator.task_spec", "TaskSpecError"),
+    ("coordinator.registry", "RegistryError"),
+    ("proto.mqtt", "InvalidMqttSettings"),
+    ("proto.mqtt", "MqttUnavailable"),
+    ("proto.kafka", "KafkaUnavailable"),
 )
 
 

@@ -8,16 +8,12 @@ alone can read, never in a config file checked into a repository.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
+from proto.config_files import TomlSettings, load_settings
 from proto.transport_config import (
     GrpcClientSection,
     KafkaSection,
@@ -25,10 +21,6 @@ from proto.transport_config import (
     ServerTlsSection,
     SigningSection,
 )
-
-
-class ConfigError(ValueError):
-    """The station's configuration is unreadable or invalid."""
 
 
 class TrainingSection(Section):
@@ -40,11 +32,10 @@ class TrainingSection(Section):
     seed: int = 0
 
 
-class FogConfig(BaseSettings):
+class FogConfig(TomlSettings):
     model_config = SettingsConfigDict(
         env_prefix="EVFL_FOG_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
-    _toml_file: ClassVar[Path | None] = None
 
     station_id: str = Field(min_length=1)
     accepted_station_ids: list[str] = Field(default_factory=list)  # charge points of this site
@@ -61,37 +52,10 @@ class FogConfig(BaseSettings):
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     serve_workers: int = Field(8, ge=1)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
-        return tuple(sources)
-
     @property
     def store_path(self) -> Path:
         return self.state_dir / "sessions.sqlite3"
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> FogConfig:
-    """TOML at ``path`` < environment < ``overrides`` (None values are ignored)."""
-    if path is not None and not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    values = {k: v for k, v in overrides.items() if v is not None}
-    source = type("FogConfigFromFile", (FogConfig,), {"_toml_file": path})
-    try:
-        return source(**values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path or 'config'}: {problems}") from exc
-    except (OSError, ValueError) as exc:  # unreadable TOML
-        raise ConfigError(f"{path}: {exc}") from exc
+    return load_settings(FogConfig, path, **overrides)

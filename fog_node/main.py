@@ -8,7 +8,6 @@ store is closed. Nothing acknowledged is at risk at any point: acks follow commi
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from concurrent import futures
@@ -25,7 +24,13 @@ from fog_node.session_store import SessionStore
 from models.incremental import IncrementalSettings
 from models.served_partition import ServedVersions
 from proto import station_pb2, station_pb2_grpc
-from proto.grpc_channel import add_health_and_reflection, bind, message_options, open_channel
+from proto.grpc_channel import (
+    add_health_and_reflection,
+    announce_port,
+    bind,
+    message_options,
+    open_channel,
+)
 from proto.limits import WireLimits
 
 log = logging.getLogger("evfl.fog")
@@ -150,12 +155,7 @@ def run(config: FogConfig) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
-    ready = os.environ.get("EVFL_READY_FILE")
-    if ready:  # lets launchers (demo, tests) learn the bound port without parsing logs
-        tmp = f"{ready}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{node.port}\n")
-        os.replace(tmp, ready)
+    announce_port(node.port)
     try:
         while not stop.wait(0.5):
             if node.loop is not None and node.loop.failure is not None:

@@ -110,3 +110,17 @@ def add_health_and_reflection(
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     return servicer
 
+
+
+def announce_port(port: int) -> None:
+    """Write the bound port to $EVFL_READY_FILE (atomically), if set: how launchers (the demo,
+    the tests) learn that a server is up and where, without parsing its logs."""
+    import os
+
+    ready = os.environ.get("EVFL_READY_FILE")
+    if not ready:
+        return
+    tmp = f"{ready}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(f"{port}\n")
+    os.replace(tmp, ready)

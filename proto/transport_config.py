@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from proto.grpc_channel import ClientTls, ServerTls
 from proto.kafka import KafkaSettings
+from proto.mqtt import MqttSettings
 from proto.signing import KeyRing, Signer, load_keyring, load_signer, signer_from_env
 
 
@@ -93,3 +94,31 @@ class SigningSection(Section):
         elif self.key_env:
             signer = signer_from_env(self.key_env, self.key_id or default_key_id)
         return keyring, signer
+
+
+class MqttSection(Section):
+    host: str = ""  # empty: MQTT off
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    max_payload_bytes: int = Field(256 * 1024, ge=1024)
+
+    def settings(self, client_id_prefix: str) -> MqttSettings | None:
+        if not self.host:
+            return None
+        return MqttSettings(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password.get_secret_value() if self.password else None,
+            tls=self.tls,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            client_id_prefix=client_id_prefix,
+            max_payload_bytes=self.max_payload_bytes,
+        )
