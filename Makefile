@@ -34,12 +34,12 @@ GEN_TMP := .proto-check
 
 proto: setup
 	$(PROTOC) --python_out=. --pyi_out=. $(PROTO_SRC)
-	$(PROTOC) --grpc_python_out=. proto/station.proto
+	$(PROTOC) --grpc_python_out=. proto/station.proto proto/agent.proto
 
 proto-check: setup
 	rm -rf $(GEN_TMP) && mkdir -p $(GEN_TMP)
 	$(PROTOC) --python_out=$(GEN_TMP) --pyi_out=$(GEN_TMP) $(PROTO_SRC)
-	$(PROTOC) --grpc_python_out=$(GEN_TMP) proto/station.proto
+	$(PROTOC) --grpc_python_out=$(GEN_TMP) proto/station.proto proto/agent.proto
 	for f in $(GEN_TMP)/proto/*; do \
 		cmp -s "$$f" "proto/$$(basename $$f)" || { echo "stale: proto/$$(basename $$f) (run make proto)"; exit 1; }; \
 	done
