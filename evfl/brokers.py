@@ -57,7 +57,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies, even by SIGKILL.
 
     The kernel ties it to the thread that forks, so only the main thread (which lives as long
@@ -110,7 +110,7 @@ class _Child:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),  # only calls prctl: safe with threads
+                preexec_fn=die_with_parent(),  # only calls prctl: safe with threads
             )
         except OSError as exc:
             self._close_log()
