@@ -26,6 +26,7 @@ from proto.wire_errors import WireError
 
 if TYPE_CHECKING:
     from agent.edge_runtime import EdgeRuntime
+    from agent.model_store import ModelStore
     from agent.uploader import Uploader
 
 log = logging.getLogger("evfl.agent.api")
@@ -41,6 +42,7 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
         forwarder: Forwarder,
         queue: UploadQueue,
         uploader: Uploader,
+        store: ModelStore,
         answer_timeout_s: float,
         refusals: dict[str, int] | None = None,
     ) -> None:
@@ -49,6 +51,7 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
         self.forwarder = forwarder
         self.queue = queue
         self.uploader = uploader
+        self.store = store
         self.answer_timeout_s = answer_timeout_s
         self.refusals = refusals if refusals is not None else {}
         self.answered: dict[str, int] = {}
@@ -143,9 +146,16 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
             uploaded=self.queue.uploaded_count(),
             refused_partitions=sum(self.refusals.values()),
         )
-        for task_id, (version, sha256, previous) in sorted(self.runtime.describe().items()):
+        for task_id in self.runtime.tasks():
+            active = self.runtime.active(task_id)
+            if active is None:
+                continue
+            previous = self.store.previous(task_id)
             status.models.add(
-                task_id=task_id, version=version, sha256=sha256, previous_version=previous
+                task_id=task_id,
+                version=active[0],
+                sha256=active[1],
+                previous_version=-1 if previous is None else previous.manifest.version,
             )
         return status
 

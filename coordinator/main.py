@@ -90,8 +90,10 @@ class Coordinator:
         assert self.kafka is not None
         for spec in self.specs:
             data = load_task_data(spec)
+            counter = self.metrics.mqtt_bytes_out.labels(spec.task_id)
             sink = VersionServing(
-                spec.task_id, data, self.served, self.mqtt, self.mqtt_settings, self.signer
+                spec.task_id, data, self.served, self.mqtt, self.mqtt_settings, self.signer,
+                on_published=counter.inc,
             )
             loop = RoundLoop(
                 spec,

@@ -43,6 +43,12 @@ class CoordinatorMetrics:
         self.bytes_out = Counter(
             "evfl_coordinator_bytes_out", "Bytes published (announcements)", ["task"], registry=r
         )
+        self.mqtt_bytes_out = Counter(
+            "evfl_coordinator_mqtt_bytes_out",
+            "Bytes of partition files and manifests published over MQTT",
+            ["task"],
+            registry=r,
+        )
         self.bytes_in = Counter(
             "evfl_coordinator_bytes_in", "Bytes received (updates)", ["task"], registry=r
         )

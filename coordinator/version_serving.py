@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,6 +59,7 @@ class VersionServing:
         mqtt: MqttPublisher | None = None,
         mqtt_settings: MqttSettings | None = None,
         signer: Signer | None = None,
+        on_published: Callable[[int], None] | None = None,
     ) -> None:
         self.task_id = task_id
         self.data = data
@@ -65,6 +67,7 @@ class VersionServing:
         self.mqtt = mqtt
         self.mqtt_settings = mqtt_settings
         self.signer = signer
+        self.on_published = on_published  # told the bytes published per version
 
     def __call__(self, record: VersionRecord, weights: list[np.ndarray]) -> None:
         from models.export import serving_partitions
@@ -97,6 +100,10 @@ class VersionServing:
             parity_samples(files, self.data.parity_inputs),
             self.signer,
         )
+        if self.on_published is not None:
+            self.on_published(
+                sum(m.size for m in manifests) + sum(m.ByteSize() for m in manifests)
+            )
         log.info(
             "task %s version %d: partitions on MQTT (%s)",
             self.task_id,
