@@ -30,6 +30,7 @@ from models.constraints import constraints_for
 from models.partitioned import weights_of
 from proto.constraints_codec import constraints_to_proto
 from proto.federation_codec import (
+    SERVE_ONLY,
     NonFiniteWeights,
     ReadUpdate,
     build_announcement,
@@ -132,6 +133,8 @@ class RoundLoop:
                     break
                 latest = finished
             if not self.stop.is_set() and not self.spec.continuous:
+                # Stations serve the final version too, then learn the task is over.
+                self._announce(publisher, _Round(SERVE_ONLY, latest, latest.weights(), 0))
                 publisher.publish(
                     announce_topic(self.task), end_of_task(self.task, _now_ms(), self.signer)
                 )
@@ -234,6 +237,9 @@ class RoundLoop:
         publisher.publish(announce_topic(self.task), data, key=self.task.encode())
         sent += len(data)
         self.metrics.bytes_out.labels(self.task).inc(sent)
+        if rnd.number == SERVE_ONLY:
+            log.info("task %s: announced final version %d for serving", self.task, rnd.base.version)
+            return sent
         log.info(
             "task %s round %d: announced version %d (%d bytes), deadline in %.0f s",
             self.task,

@@ -290,7 +290,14 @@ class Demo:
         raise RuntimeError(f"round {r} did not complete in {timeout:.0f} s")
 
     def wait_agents(self, version: int, timeout: float = 60) -> None:
+        """Until every vehicle runs ``version``'s edge and every station serves its fog."""
         deadline = time.monotonic() + timeout
+        for station in self.fogs:
+            while time.monotonic() < deadline:
+                tasks = self._station_status(station).tasks
+                if tasks and tasks[0].serving_version >= version:
+                    break
+                time.sleep(0.2)
         for vehicle in self.agents:
             while time.monotonic() < deadline:
                 status = self._agent(vehicle).Status(agent_pb2.AgentStatusRequest(), timeout=5)
@@ -404,6 +411,7 @@ class Demo:
                     ]
                     for v in self.agents
                 }
+                self.progress.phase = "done"
             finally:
                 stop_view.set()
                 self.stop()

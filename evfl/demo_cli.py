@@ -56,5 +56,6 @@ def demo(
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: every process stopped[/yellow]")
             raise typer.Exit(130) from None
-    console.print(f"\nreport: {run_dir / 'report.md'}")
     console.print((run_dir / "report.md").read_text(), markup=False, highlight=False)
+    console.print(f"\nresults in {run_dir}/: report.md, metrics.csv, answers.jsonl, *.png")
+    console.print(f"report: {run_dir / 'report.md'}", soft_wrap=True, highlight=False)

@@ -65,10 +65,15 @@ def plan(
         here["vehicle_id"].astype("string").isin(vehicles), FLEET
     ).fillna(FLEET)
     here = here.assign(_owner=owner.to_numpy())
-    bounds = np.linspace(0, len(here), rounds + 2).astype(int)  # chunk 0 seeds round 1
-    chunks = []
-    for a, b in itertools.pairwise(bounds):
-        part = here.iloc[a:b]
+    # Each station's sessions in time order, split into one part per round: every station
+    # gets new data every round, as a charge point in use does.
+    chunks: list[dict[str, pd.DataFrame]] = []
+    parts = []
+    for _, frame in here.groupby("station_id"):
+        bounds = np.linspace(0, len(frame), rounds + 1).astype(int)
+        parts.append([frame.iloc[a:b] for a, b in itertools.pairwise(bounds)])
+    for r in range(rounds):
+        part = pd.concat([p[r] for p in parts]).sort_values("start")
         chunks.append({v: f.drop(columns="_owner") for v, f in part.groupby("_owner")})
     home = {
         v: str(f["station_id"].value_counts().index[0])

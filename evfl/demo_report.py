@@ -58,7 +58,7 @@ def _plots(out: Path, versions: list[dict], answers: list[dict], unit: str) -> l
         fig, ax = plt.subplots(figsize=(6, 3.6))
         data = [[a["latency_ms"] for a in ok if a["tier"] == t] for t in EXITS]
         present = [(t, d) for t, d in zip(EXITS, data, strict=True) if d]
-        ax.boxplot([d for _, d in present], labels=[f"{t} ({len(d)})" for t, d in present],
+        ax.boxplot([d for _, d in present], tick_labels=[f"{t} ({len(d)})" for t, d in present],
                    showfliers=False)
         ax.set_ylabel("answer latency at the vehicle (ms)")
         ax.set_xlabel("tier that answered (requests)")
@@ -113,8 +113,8 @@ def write_report(demo: Demo, plan: DemoPlan, elapsed_s: float) -> Path:
         "",
         f"{len(plan.stations)} stations ({', '.join(plan.stations)}), "
         f"{len(plan.vehicles)} vehicle agents, {demo.s.rounds} rounds; "
-        f"{plan.total_sessions - plan.sessions_in(len(plan.chunks) - 1)} real sessions "
-        f"replayed before the held-out period (from {plan.cutoff:%Y-%m-%d}). "
+        f"{plan.total_sessions} real sessions replayed from before the held-out period "
+        f"(which starts {plan.cutoff:%Y-%m-%d}). "
         f"Wall time {elapsed_s:.0f} s.",
         "",
         "## Held-out error per exit and round",

@@ -31,7 +31,13 @@ from models.preprocessing import Preprocessing, PreprocessingError
 from models.served_partition import ServedPartition, ServedVersions
 from models.tflite_runner import TfliteRunner
 from proto.constraints_codec import constraints_from_proto
-from proto.federation_codec import ExitScore, ReadAnnouncement, build_update, read_announcement
+from proto.federation_codec import (
+    SERVE_ONLY,
+    ExitScore,
+    ReadAnnouncement,
+    build_update,
+    read_announcement,
+)
 from proto.limits import WireLimits
 from proto.signing import KeyRing, Signer
 from proto.wire_errors import WireError
@@ -114,7 +120,8 @@ class Participant:
         outcome = self._handle(data, chunks or [])
         self.metrics.announcements.labels(outcome.kind).inc()
         where = f"{outcome.task_id} v{outcome.version}" if outcome.task_id else "announcement"
-        level = logging.INFO if outcome.kind in ("trained", "stale", "ended") else logging.WARNING
+        quiet = ("trained", "stale", "ended", "serve_only")
+        level = logging.INFO if outcome.kind in quiet else logging.WARNING
         log.log(level, "%s: %s: %s", where, outcome.kind, outcome.detail)
         return outcome
 
@@ -128,28 +135,37 @@ class Participant:
         msg = read.message
         task_id, version = msg.task_id, msg.version
         if task_id not in self.tasks:
-            return Outcome("unknown_task", f"not one of this station's tasks {sorted(self.tasks)}",
-                           task_id, version)
+            return Outcome(
+                "unknown_task",
+                f"not one of this station's tasks {sorted(self.tasks)}",
+                task_id,
+                version,
+            )
         state = self.store.task_state(task_id)
         if read.ends_task:
             self.store.update_task_state(task_id, last_compatibility="task ended")
             return Outcome("ended", "task ended; still serving the last version", task_id, version)
         if version <= state.trained_version and version <= state.serving_version:
-            return Outcome("stale", f"already handled (trained v{state.trained_version})",
-                           task_id, version)
+            return Outcome(
+                "stale", f"already handled (trained v{state.trained_version})", task_id, version
+            )
         try:
             decoded = self._decode(read)
             if version > state.serving_version:
                 self._serve(decoded)
-                self.store.update_task_state(task_id, serving_version=version,
-                                             last_announcement=data)
+                self.store.update_task_state(
+                    task_id, serving_version=version, last_announcement=data
+                )
         except (ModelConfigError, PreprocessingError, WireError) as exc:
             return Outcome("bad_model", str(exc), task_id, version)
         except ShapeMismatch as exc:
             return Outcome("shape_mismatch", str(exc), task_id, version)
+        if msg.round == SERVE_ONLY:
+            return Outcome("serve_only", "serving; no round is open", task_id, version)
         if version <= state.trained_version:
-            return Outcome("stale", f"already trained on v{state.trained_version}", task_id,
-                           version)
+            return Outcome(
+                "stale", f"already trained on v{state.trained_version}", task_id, version
+            )
         return self._train(decoded, state.watermark)
 
     def _decode(self, read: ReadAnnouncement) -> _Version:
@@ -186,8 +202,9 @@ class Participant:
         if msg.round_deadline_unix_ms:
             left = msg.round_deadline_unix_ms / 1000 - time.time() - DEADLINE_MARGIN_S
             if left <= 0:
-                return Outcome("deadline_passed", f"round deadline passed {-left:.0f} s ago",
-                               task_id, version)
+                return Outcome(
+                    "deadline_passed", f"round deadline passed {-left:.0f} s ago", task_id, version
+                )
             budget = min(budget, left)
         try:
             constraints = constraints_from_proto(msg.constraints)
@@ -200,11 +217,15 @@ class Participant:
         self.store.update_task_state(task_id, last_compatibility=verdict.reason)
         if not verdict.ok:
             return Outcome("incompatible", verdict.reason, task_id, version)
-        settings = replace(self.training, time_budget_s=budget,
-                           seed=self.training.seed + version)
+        settings = replace(self.training, time_budget_s=budget, seed=self.training.seed + version)
         try:
             result = train_round(
-                v.config, v.preprocessing, v.read.weights, frame, watermark, settings,
+                v.config,
+                v.preprocessing,
+                v.read.weights,
+                frame,
+                watermark,
+                settings,
                 eligible=window_mask(constraints, frame),
             )
         except NotEnoughData as exc:
@@ -221,12 +242,25 @@ class Participant:
             for name, m in zip(PARTITIONS, result.metrics_after, strict=True)
         ]
         update, chunks = build_update(
-            task_id, self.station_id, version, msg.round, update_id, result.sample_count,
-            scores, result.weights, result.train_seconds, self.signer, self.limits,
+            task_id,
+            self.station_id,
+            version,
+            msg.round,
+            update_id,
+            result.sample_count,
+            scores,
+            result.weights,
+            result.train_seconds,
+            self.signer,
+            self.limits,
         )
         if chunks:
-            return Outcome("too_large", f"update needs {len(chunks)} chunks; raise inline_bytes",
-                           task_id, version)
+            return Outcome(
+                "too_large",
+                f"update needs {len(chunks)} chunks; raise inline_bytes",
+                task_id,
+                version,
+            )
         payload = update.SerializeToString()
         self.store.put_pending_update(update_id, task_id, payload)
         self.store.update_task_state(

@@ -25,6 +25,7 @@ from proto.signing import KeyRing, Signer, sign
 from proto.wire_errors import BadSignature, BadTensor, MalformedMessage
 
 END_OF_TASK = -1  # the version of the announcement that ends a task (as in Kafka-ML)
+SERVE_ONLY = 0  # the round of an announcement when no round is open: serve it, do not train
 _DEFAULT_LIMITS = WireLimits()
 
 
