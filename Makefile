@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 RUN := runs/main
 
-.PHONY: setup demo test bench lint clean proto proto-check
+.PHONY: setup demo train test bench lint clean proto proto-check
 
 setup: $(STAMP)
 
@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[agent,fog,coordinator,dev]"
 	touch $(STAMP)
 
-# Main job. Until the end-to-end federated demo lands, it is a real central training run on the
-# shipped datasets: data summary, energy MLP (Dundee) with export, occupancy LSTMs (Dundee, Perth).
+# Main job: the whole system end to end on embedded brokers (evfl demo --help for options).
 demo: setup
+	$(BIN)/evfl demo
+
+# Central training runs on the shipped data (the per-exit results tables in the README).
+train: setup
 	$(BIN)/evfl data summary
 	$(BIN)/evfl model train --dataset dundee --target energy --out $(RUN)/dundee-energy
 	$(BIN)/evfl model export --model $(RUN)/dundee-energy --out $(RUN)/dundee-energy/export \
@@ -52,6 +55,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench.edge_inference
+	$(BIN)/python -m bench.fog_service
+	$(BIN)/python -m bench.round
+	$(BIN)/python -m bench.agent
 
 lint: setup
 	$(BIN)/ruff check .

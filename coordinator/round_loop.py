@@ -313,7 +313,14 @@ class RoundLoop:
         )
 
     def _close(self, rnd: _Round, elapsed: float) -> VersionRecord:
-        outliers = set(norm_outliers(rnd.base_weights, rnd.results, k=self.spec.norm_outlier_k))
+        outliers = set(
+            norm_outliers(
+                rnd.base_weights,
+                rnd.results,
+                k=self.spec.norm_outlier_k,
+                min_clients=self.spec.norm_outlier_min_clients,
+            )
+        )
         kept = [r for r in rnd.results if r.client_id not in outliers]
         ids = [
             u

@@ -47,6 +47,8 @@ class TaskSpec(BaseModel):
     strategy: str = "fedavg"
     strategy_params: dict[str, float] = Field(default_factory=dict)
     norm_outlier_k: float = Field(5.0, gt=0)
+    # Below this many updates a round's spread of update norms says too little: flag nothing.
+    norm_outlier_min_clients: int = Field(8, ge=3)
     exit_tolerance: float = Field(0.05, ge=0)  # an early exit may be this much worse (MAE)
 
     @field_validator("task_id")

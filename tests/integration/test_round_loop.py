@@ -75,6 +75,7 @@ def test_each_bad_update_is_refused_for_its_reason_and_only_honest_ones_are_aver
         round_deadline_s=300,
         reannounce_s=300,
         norm_outlier_k=5.0,
+        norm_outlier_min_clients=5,
     )
     registry = Registry(tmp_path / "registry")
     loop = RoundLoop(

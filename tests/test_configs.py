@@ -1,0 +1,69 @@
+"""Every program's config: TOML < environment < flags, typed, secrets masked, bad keys named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config as load_agent
+from coordinator.config import load_config as load_coordinator
+from coordinator.task_spec import TaskSpecError, load_task
+from fog_node.config import load_config as load_fog
+from proto.config_files import ConfigError
+
+
+def test_fog_config_layers_and_secrets(tmp_path, monkeypatch):
+    path = tmp_path / "fog.toml"
+    path.write_text(
+        'station_id = "50911"\ntasks = ["dundee-energy"]\n'
+        '[kafka]\nbootstrap_servers = "k1:9092"\nsecurity_protocol = "SASL_SSL"\n'
+        'sasl_mechanism = "SCRAM-SHA-512"\nsasl_username = "station"\n'
+        "[training]\nepochs = 3\n"
+    )
+    monkeypatch.setenv("EVFL_FOG_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("EVFL_FOG_TRAINING__EPOCHS", "4")
+    config = load_fog(path, listen="127.0.0.1:0")
+    assert config.training.epochs == 4  # the environment wins over the file
+    assert config.listen == "127.0.0.1:0"  # flags win over both
+    settings = config.kafka.settings("evfl-fog-50911", config.max_message_bytes)
+    assert settings is not None and settings.sasl_password == "hunter2"
+    assert "hunter2" not in repr(config) and "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('station_id = "x"\nbogus = 1\n', "bogus"),
+        ('station_id = "x"\n[training]\nepochs = 0\n', "training.epochs"),
+        ("tasks = []\n", "station_id"),
+        ("station_id = \n", "fog.toml"),
+    ],
+)
+def test_bad_fog_configs_name_the_field(tmp_path, text, words):
+    path = tmp_path / "fog.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_fog(path)
+
+
+def test_coordinator_and_agent_configs(tmp_path):
+    coordinator = load_coordinator(None, registry_dir=tmp_path / "r")
+    assert coordinator.kafka.settings("c", 1 << 20) is not None
+    assert coordinator.mqtt.settings("c") is None  # MQTT off unless a host is given
+    agent = load_agent(None, vehicle_id="car-1")
+    assert agent.signing.require_signed  # a car takes signed partitions only, by default
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_agent(Path(tmp_path / "missing.toml"))
+
+
+def test_task_files(tmp_path):
+    task = load_task(Path(__file__).parents[1] / "tasks" / "dundee-energy.toml")
+    assert (task.task_id, task.rounds, task.strategy) == ("dundee-energy", 15, "fedavg")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task_id = "has space"\n')
+    with pytest.raises(TaskSpecError, match="task_id"):
+        load_task(bad)
+    bad.write_text('task_id = "t"\nrounds = 0\n')
+    with pytest.raises(TaskSpecError, match="rounds"):
+        load_task(bad)
