@@ -67,3 +67,22 @@ def test_task_files(tmp_path):
     bad.write_text('task_id = "t"\nrounds = 0\n')
     with pytest.raises(TaskSpecError, match="rounds"):
         load_task(bad)
+
+
+def test_shipped_example_configs_load(monkeypatch):
+    examples = Path(__file__).parents[1] / "deploy" / "config"
+    monkeypatch.setenv("EVFL_FOG_KAFKA__SASL_PASSWORD", "from-the-environment")
+    monkeypatch.setenv("EVFL_COORDINATOR_KAFKA__SASL_PASSWORD", "from-the-environment")
+    monkeypatch.setenv("EVFL_COORDINATOR_MQTT__PASSWORD", "from-the-environment")
+    monkeypatch.setenv("EVFL_AGENT_MQTT__PASSWORD", "from-the-environment")
+    fog = load_fog(examples / "fog.example.toml")
+    assert fog.kafka.settings("f", fog.max_message_bytes).security_protocol == "SASL_SSL"
+    assert fog.tls is not None and fog.tls.client_ca_file is not None  # mutual TLS
+    coordinator = load_coordinator(examples / "coordinator.example.toml")
+    assert coordinator.mqtt.settings("c").tls
+    agent = load_agent(examples / "agent.example.toml")
+    assert agent.station.client_tls() is not None and agent.mqtt.settings("a").port == 8883
+    # Without the secret in the environment the SASL settings refuse to build.
+    monkeypatch.delenv("EVFL_FOG_KAFKA__SASL_PASSWORD")
+    with pytest.raises(ValueError, match="sasl_password"):
+        load_fog(examples / "fog.example.toml").kafka.settings("f", 1 << 20)
