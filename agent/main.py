@@ -71,6 +71,7 @@ class Agent:
         self.server: grpc.Server | None = None
         self.port = 0
         self.stopping = threading.Event()
+        self.metrics_server: tuple | None = None
 
     def start(self) -> int:
         restored = self.runtime.restore(self.store)
@@ -91,6 +92,8 @@ class Agent:
         agent_pb2_grpc.add_VehicleAgentServicer_to_server(servicer, self.server)
         self.port = bind(self.server, self.config.listen)
         self.server.start()
+        if self.config.metrics_listen:
+            self._serve_metrics(servicer)
         if self.updater is not None:
             threading.Thread(target=self._follow_updates, name="ota-start", daemon=True).start()
         log.info(
@@ -100,6 +103,23 @@ class Agent:
             self.config.tasks,
         )
         return self.port
+
+    def _serve_metrics(self, servicer: AgentServicer) -> None:
+        from prometheus_client import start_http_server
+
+        from agent.metrics import agent_registry
+
+        registry = agent_registry(
+            lambda: servicer.answered,
+            lambda: self.updater.refusals if self.updater is not None else {},
+            lambda: self.forwarder.failures,
+            lambda: len(self.queue),
+            self.queue.uploaded_count,
+        )
+        host, _, port = self.config.metrics_listen.rpartition(":")
+        self.metrics_server = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=registry
+        )
 
     def _follow_updates(self) -> None:
         """Subscribe to model updates, retrying while the broker is unreachable: a car with no
@@ -123,6 +143,8 @@ class Agent:
         if self.updater is not None:
             self.updater.stop()
         self.forwarder.close()
+        if self.metrics_server is not None:
+            self.metrics_server[0].shutdown()
         self.queue.close()
         log.info("agent %s stopped", self.config.vehicle_id)
 
