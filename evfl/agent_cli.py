@@ -38,9 +38,8 @@ def run(
 
     configure(log_format, log_level)
     with reported(console):
-        from agent.main import run as run_agent
-
         from agent.config import load_config
+        from agent.main import run as run_agent
 
         run_agent(load_config(config, vehicle_id=vehicle_id, state_dir=state_dir, listen=listen))
 
