@@ -21,7 +21,7 @@ from models.exit_policy import ExitPolicy
 from models.model_config import PARTITIONS
 from models.normalization import Normalization
 from models.served_partition import ServedPartition, TierResult, UnknownTask
-from models.tflite_runner import TfliteModelError, TfliteRunner
+from models.tflite_runner import BadPartitionInput, TfliteModelError, TfliteRunner
 from proto import partitions_pb2
 
 if TYPE_CHECKING:
@@ -161,6 +161,10 @@ class EdgeRuntime:
         x = np.asarray(raw_features, dtype=np.float32)
         if x.shape == served.runner.input_shape[1:]:
             x = x[None]
+        if x.shape != served.runner.input_shape:  # checked before normalising broadcasts it
+            raise BadPartitionInput(
+                f"features of shape {x.shape} do not fit the model's {served.runner.input_shape}"
+            )
         x = served.normalization.transform_x(x)
         normalize_ms = (time.perf_counter() - started) * 1e3
         return LocalAnswer(task_id, served.version, served.step(x), normalize_ms)
