@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from evfl import agent_cli, coordinator_cli, data_cli, demo_cli, fog_cli, model_cli
+from evfl import agent_cli, coordinator_cli, data_cli, demo_cli, fog_cli, model_cli, study_cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,6 +24,7 @@ app.add_typer(model_cli.app, name="model")
 app.add_typer(fog_cli.app, name="fog")
 app.add_typer(coordinator_cli.app, name="coordinator")
 app.add_typer(agent_cli.app, name="agent")
+app.add_typer(study_cli.app, name="study")
 app.command("demo")(demo_cli.demo)
 
 

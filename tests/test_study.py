@@ -1,0 +1,198 @@
+"""The Dundee study's pieces: clustering, federated rounds, the paper's DNN, bytes, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.aggregate import make_strategy
+from models.study import paper_dnn
+from models.study.communication import raw_upload_bytes, update_bytes
+from models.study.federation import (
+    Client,
+    PersonalRows,
+    iid_clients,
+    merge_personal,
+    run_rounds,
+)
+from models.study.station_clusters import cluster_stations, size_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _locations(n: int, missing: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    lat = np.r_[rng.normal(56.46, 0.01, n // 2), rng.normal(56.50, 0.01, n - n // 2)]
+    lon = rng.normal(-2.97, 0.02, n)
+    lat[:missing] = np.nan
+    return pd.DataFrame({"latitude": lat, "longitude": lon}, index=[f"s{i}" for i in range(n)])
+
+
+def test_clustering_places_stations_without_coordinates_and_respects_bounds():
+    locations = _locations(30, missing=5)
+    clusters = cluster_stations(locations, k=2, slack=0.1, seed=0)
+    assert set(clusters.labels) == set(locations.index)
+    assert clusters.without_coordinates == tuple(sorted(f"s{i}" for i in range(5)))
+    located = [clusters.labels[s] for s in locations.index[5:]]
+    counts = np.bincount(located, minlength=2)
+    assert (clusters.size_min, clusters.size_max) == size_bounds(25, 2, 0.1)
+    assert all(clusters.size_min <= c <= clusters.size_max for c in counts)
+    assert sum(clusters.sizes()) == 30
+    assert max(clusters.sizes()) - min(clusters.sizes()) <= max(counts) - min(counts) + 5
+    assert list(clusters.of(np.array(["s7", "nowhere"])))[1] == -1
+
+
+def test_clustering_on_real_dundee_uses_every_station(dundee):
+    from models.study.station_clusters import station_locations
+
+    locations = station_locations(dundee.sessions)
+    clusters = cluster_stations(locations, k=2, slack=0.1)
+    assert clusters.without_coordinates == ()  # the enriched file fills the publisher's gaps
+    assert len(clusters.labels) == len(locations)
+    assert all(clusters.size_min <= c <= clusters.size_max for c in clusters.sizes())
+
+
+def _toy(n: int = 200, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    z = (x @ rng.normal(size=d) + 0.1 * rng.normal(size=n)).astype(np.float32)
+    return x, z
+
+
+def test_paper_dnn_gradients_match_finite_differences():
+    x, z = _toy(20, 4)
+    settings = paper_dnn.DnnSettings(hidden=5)
+    weights = [w.astype(np.float64) for w in paper_dnn.init_weights(4, settings, 0)]
+    weights[1] += 0.1  # non-zero biases exercise their gradients
+    _, grads = paper_dnn.loss_and_gradients(weights, x.astype(np.float64), z.astype(np.float64))
+    eps = 1e-6
+    for a, (w, g) in enumerate(zip(weights, grads, strict=True)):
+        flat = w.reshape(-1)
+        for i in range(0, flat.size, max(1, flat.size // 5)):
+            old = flat[i]
+            flat[i] = old + eps
+            up, _ = paper_dnn.loss_and_gradients(weights, x, z)
+            flat[i] = old - eps
+            down, _ = paper_dnn.loss_and_gradients(weights, x, z)
+            flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert g.reshape(-1)[i] == pytest.approx(numeric, rel=1e-3, abs=1e-5), (a, i)
+
+
+def test_paper_dnn_learns_a_linear_target():
+    x, z = _toy()
+    settings = paper_dnn.DnnSettings(epochs=30, batch_size=32, dropout=0.0)
+    weights = paper_dnn.train(paper_dnn.init_weights(6, settings, 0), x, z, settings, 0)
+    mse = float(np.mean((paper_dnn.predict(weights, x) - z) ** 2))
+    assert mse < 0.1 * float(np.var(z))
+
+
+def test_fedavg_of_one_client_is_that_clients_training():
+    x, z = _toy()
+    settings = paper_dnn.DnnSettings(epochs=1, batch_size=32)
+    init = paper_dnn.init_weights(6, settings, 0)
+
+    def local(weights, client, round_index):
+        return paper_dnn.train(weights, client.x, client.z, settings, [round_index, 7])
+
+    federated = run_rounds(init, [Client("only", x, z)], local, make_strategy("fedavg"), 3)
+    central = init
+    for r in range(3):
+        central = paper_dnn.train(central, x, z, settings, [r, 7])
+    for f, c in zip(federated, central, strict=True):
+        np.testing.assert_allclose(f, c, rtol=1e-6, atol=1e-7)
+
+
+def test_fedavg_rounds_weight_clients_by_samples():
+    x, z = _toy(90)
+    clients = [Client("big", x[:60], z[:60]), Client("small", x[60:], z[60:])]
+    init = [np.zeros(2, np.float32)]
+
+    def local(weights, client, round_index):
+        return [np.full(2, float(client.num_examples), np.float32)]
+
+    out = run_rounds(init, clients, local, make_strategy("fedavg"), 1)
+    np.testing.assert_allclose(out[0], (60 * 60 + 30 * 30) / 90)
+
+
+def test_personal_rows_are_not_averaged():
+    from models.aggregate import ClientResult, fedavg
+
+    a = [np.array([[1.0, 1.0], [0.0, 0.0], [5.0, 5.0]])]
+    b = [np.array([[0.0, 0.0], [3.0, 3.0], [7.0, 7.0]])]
+    results = [ClientResult("a", a, 1), ClientResult("b", b, 3)]
+    personal = PersonalRows(0, {"a": np.array([0]), "b": np.array([1])})
+    merged = merge_personal(fedavg(results), results, personal)[0]
+    np.testing.assert_allclose(merged[0], [1.0, 1.0])  # a's own row
+    np.testing.assert_allclose(merged[1], [3.0, 3.0])  # b's own row
+    np.testing.assert_allclose(merged[2], [6.5, 6.5])  # shared row: weighted average
+
+
+def test_iid_clients_partition_the_training_set():
+    x, z = _toy(101)
+    clients = iid_clients(x, z, 5, seed=0)
+    assert sum(c.num_examples for c in clients) == 101
+    assert sorted(np.concatenate([c.z for c in clients])) == sorted(z)
+
+
+def test_update_bytes_are_the_wire_codecs():
+    from proto.blob_codec import blob_to_weights, weights_to_blob
+
+    weights = paper_dnn.init_weights(98, paper_dnn.DnnSettings(), 0)
+    blob, chunks = weights_to_blob(weights)
+    assert update_bytes(weights) == blob.ByteSize() + sum(c.ByteSize() for c in chunks)
+    assert update_bytes(weights) < sum(w.nbytes for w in weights) * 1.1
+    for got, want in zip(blob_to_weights(blob, chunks), weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_raw_upload_bytes_encode_session_batches(dundee):
+    from models.datasets.record import iter_sessions
+    from proto import sessions_pb2
+    from proto.blob_codec import pack_blob, unpack_blob
+    from proto.session_codec import session_to_proto
+
+    some = dundee.sessions.iloc[:200]
+    batch = sessions_pb2.SessionBatch(sessions=[session_to_proto(s) for s in iter_sessions(some)])
+    blob, _ = pack_blob(batch.SerializeToString())
+    assert raw_upload_bytes(some) == blob.ByteSize()
+    decoded = sessions_pb2.SessionBatch.FromString(unpack_blob(blob))
+    assert len(decoded.sessions) == 200
+    assert raw_upload_bytes(some) < len(batch.SerializeToString())
+
+
+def test_study_quick_runs_end_to_end(tmp_path):
+    from models.study.dundee_study import ABLATION, METHODS
+
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "evfl.cli", "study", "dundee", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RMSE" in proc.stdout and "wall time" in proc.stdout
+    (folder,) = out.iterdir()
+    assert (folder / "dundee_study.png").stat().st_size > 0
+    with (folder / "dundee_study.csv").open() as f:
+        rows = [r for r in csv.reader(f) if r]
+    results = {r[1]: r for r in rows if r[0] == "result"}
+    assert set(results) == set(METHODS)
+    for r in results.values():
+        assert r[2:4] == ["random", "0.8"]
+        assert all(math.isfinite(float(v)) for v in r[4:8])
+        assert float(r[4]) > 0
+    ablation = [r for r in rows if r[0] == "ablation"]
+    assert [r[1] for r in ablation] == [v.label for v in ABLATION]
+    communication = [r for r in rows if r[0] == "communication"]
+    assert {r[1] for r in communication} == {"IID subsets (J=5)", "one client per station"}
+    assert all(int(r[4]) > 0 and int(r[5]) > 0 for r in communication)
