@@ -125,10 +125,8 @@ def test_station_unreachable_gives_a_local_answer_flagged_degraded(tmp_path, ene
 
     agent, stub = _agent(tmp_path, f"127.0.0.1:{free_port()}", energy_global, files, -math.inf)
     try:
-        started = time.monotonic()
-        reply = _predict(stub, energy_global)
+        reply = _predict(stub, energy_global)  # the call itself has a 5 s deadline
         assert reply.tier == inference_pb2.EDGE and reply.degraded
-        assert time.monotonic() - started < 5  # within the answer deadline, not a hang
         assert agent.forwarder.failures
     finally:
         agent.stop()
