@@ -122,10 +122,8 @@ def test_ensure_topics_is_idempotent(kafka: EmbeddedKafka) -> None:
 
 def test_ensure_topics_without_a_broker_raises_kafka_unavailable() -> None:
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
-    started = time.monotonic()
-    with pytest.raises(KafkaUnavailable, match="no Kafka broker"):
+    with pytest.raises(KafkaUnavailable, match=r"no Kafka broker .* within 1 s"):
         ensure_topics(settings, [TopicSpec("evfl.none.updates")], timeout=1.0)
-    assert time.monotonic() - started < 5
 
 
 def test_settings_mask_the_password_and_pass_extra_keys_through() -> None:
