@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 from models.datasets.record import Session
 from proto.session_codec import session_to_proto
+from proto.sqlite_store import SqliteStore
 
 __all__ = [
     "MIGRATIONS",
@@ -109,8 +106,13 @@ class EnqueueResult:
     duplicate: tuple[str, ...]
 
 
-class UploadQueue:
+class UploadQueue(SqliteStore):
     """A car's SQLite upload queue. Open with a path; use as a context manager or ``close()``."""
+
+    NAME = "queue"
+    FOREIGN_KEYS = False
+    UNAVAILABLE = QueueError
+    TOO_NEW = QueueSchemaTooNew
 
     def __init__(
         self,
@@ -118,84 +120,15 @@ class UploadQueue:
         retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path)
         self.retention = retention or Retention()
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        self._conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._configure()
-            self._migrate()
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def __repr__(self) -> str:
-        return f"UploadQueue({str(self.path)!r})"
-
-    def _configure(self) -> None:
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise QueueError(f"{self.path}: WAL journal mode is unavailable (got {mode!r})")
-        self._conn.execute("PRAGMA synchronous=FULL")
-
-    def _migrate(self) -> None:
-        with self._write() as cur:
-            version = cur.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise QueueSchemaTooNew(
-                    f"{self.path} has schema version {version}, but this evfl knows versions "
-                    f"up to {len(MIGRATIONS)}; upgrade evfl or use another queue path"
-                )
-            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    cur.execute(statement)
-                cur.execute(f"PRAGMA user_version = {int(target)}")
-
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> UploadQueue:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction, committed (durably) on exit, rolled back on error."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                if self._conn.in_transaction:
-                    cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        super().__init__(path)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    def migrations(self) -> Sequence[Sequence[str]]:
+        return MIGRATIONS  # read at open time: tests may add a migration
 
     # --- the queue ----------------------------------------------------------------------
 

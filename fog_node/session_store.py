@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from models.datasets.record import (
@@ -32,6 +27,7 @@ from models.datasets.record import (
     Session,
 )
 from proto.session_codec import to_unix_ms, zone_name
+from proto.sqlite_store import SqliteStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -195,84 +191,16 @@ def _to_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     return out
 
 
-class SessionStore:
+class SessionStore(SqliteStore):
     """One station's SQLite store. Open with a path; use as a context manager or ``close()``."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is explicit.
-        self._conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._configure()
-            self._migrate()
-        except BaseException:
-            self._conn.close()
-            raise
+    NAME = "store"
+    FOREIGN_KEYS = True
+    UNAVAILABLE = StoreError
+    TOO_NEW = SchemaTooNew
 
-    def __repr__(self) -> str:
-        return f"SessionStore({str(self.path)!r})"
-
-    def _configure(self) -> None:
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"{self.path}: WAL journal mode is unavailable (got {mode!r})")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-
-    def _migrate(self) -> None:
-        with self._write() as cur:
-            version = cur.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise SchemaTooNew(
-                    f"{self.path} has schema version {version}, but this evfl knows versions "
-                    f"up to {len(MIGRATIONS)}; upgrade evfl or use another store path"
-                )
-            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    cur.execute(statement)
-                cur.execute(f"PRAGMA user_version = {int(target)}")
-
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> SessionStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction, committed (durably) on exit, rolled back on error."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                if self._conn.in_transaction:
-                    cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    def migrations(self) -> Sequence[Sequence[str]]:
+        return MIGRATIONS  # read at open time: tests may add a migration
 
     # --- sessions -----------------------------------------------------------------------
 
