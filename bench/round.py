@@ -33,7 +33,7 @@ coordinator's rounds at the largest N that missed (top entries by cumulative tim
 
 The whole default run takes about a minute on 2 CPUs.
 
-    python -m bench.round [--stations 3,20,58,200] [--rounds 5] [--spread-rounds 15] [--profile]
+    python -m bench.round [--stations 10,58,200] [--rounds 5] [--spread-rounds 15] [--profile]
 """
 
 from __future__ import annotations
@@ -505,7 +505,7 @@ def _median(runs: list[RoundTiming], name: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stations", default="3,20,58,200", help="comma-separated N")
+    parser.add_argument("--stations", default="10,58,200", help="comma-separated N")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per N")
     parser.add_argument(
         "--spread-rounds",
