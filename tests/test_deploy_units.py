@@ -36,3 +36,17 @@ def test_agent_unit_is_hardened():
         "Restart=always",
     ):
         assert setting in text
+
+
+def test_fog_unit_is_hardened_and_keeps_keys_out_of_reach():
+    text = (UNITS / "evfl-fog.service").read_text()
+    for setting in (
+        "DynamicUser=yes",
+        "StateDirectory=evfl-fog",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "Restart=always",
+        "LoadCredential=signing.key.pem:",  # root-only key files, a private copy for the service
+    ):
+        assert setting in text
