@@ -28,6 +28,10 @@ class CoordinatorConfig(TomlSettings):
     signing: SigningSection = SigningSection()
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     serve_workers: int = Field(8, ge=1)
+    # Keep serving the cloud partition after every task has ended instead of exiting: under an
+    # orchestrator that restarts exited containers (a Kubernetes Deployment), exiting would mean
+    # a restart loop and no cloud exit for the stations.
+    serve_after_end: bool = False
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> CoordinatorConfig:

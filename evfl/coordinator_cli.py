@@ -36,7 +36,8 @@ def run(
         overrides: dict[str, object] = {"registry_dir": registry_dir, "cloud_listen": cloud_listen}
         if kafka:
             overrides["kafka"] = {"bootstrap_servers": kafka}
-        code = run_coordinator(load_config(config, **overrides), list(task))
+        settings = load_config(config, **overrides)
+        code = run_coordinator(settings, list(task), exit_when_done=not settings.serve_after_end)
     raise typer.Exit(code)
 
 
