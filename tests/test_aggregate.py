@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import tracemalloc
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -30,12 +32,16 @@ from models.aggregate import (
     UpdateRefused,
     check_update,
     coordinatewise_median,
+    fedavg,
     global_norm,
     make_strategy,
     norm_outliers,
     trimmed_mean,
     weighted_average,
 )
+
+# The module, not the function `models.aggregate.fedavg` the package exports under its name.
+fedavg_module = importlib.import_module("models.aggregate.fedavg")
 
 FAST = settings(max_examples=60, deadline=None)
 FLOAT_DTYPES = st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)])
@@ -135,6 +141,58 @@ def test_fedavg_refuses_a_round_without_examples_or_results():
         run(FedAvg(), w, [ClientResult("a", w, 1), ClientResult("b", [np.ones(4)], 1)])
     with pytest.raises(AggregationError, match="num_examples"):
         ClientResult("a", w, -1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rounds(max_clients=9),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.sampled_from([np.float16, np.float32, np.float64, np.int32]),
+)
+def test_fedavg_tiles_add_up_to_the_float64_average(case, slice_, group, other):
+    """Whatever the tiling (slices of a layer × groups of clients), and with one client's
+    arrays in another dtype, fedavg is the float64 average of the inputs as given."""
+    _, results = case
+    first = results[0]
+    results = [
+        ClientResult(first.client_id, [a.astype(other) for a in first.weights], first.num_examples),
+        *results[1:],
+    ]
+    counts = [r.num_examples for r in results]
+    expected = [
+        np.average(stacked(results, i), axis=0, weights=counts) for i in range(len(first.weights))
+    ]
+    with (
+        patch.object(fedavg_module, "SLICE", slice_),
+        patch.object(fedavg_module, "BLOCK_BYTES", 8 * slice_ * group),
+    ):
+        got = fedavg(results)
+    for a, e in zip(got, expected, strict=True):
+        assert a.dtype == np.float64 and a.shape == e.shape
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-9)
+
+
+def test_fedavg_skips_clients_without_examples():
+    w = [np.ones(3, np.float32)]
+    nan = [np.full(3, np.nan, np.float32)]
+    out = fedavg([ClientResult("a", w, 5), ClientResult("idle", nan, 0)])
+    np.testing.assert_array_equal(out[0], np.ones(3))
+
+
+def test_fedavg_never_holds_all_clients_of_a_layer():
+    layers = [np.ones(250_000, np.float32), np.ones(1000, np.float32)]
+    results = [ClientResult(f"c{i}", layers, 3) for i in range(40)]  # inputs cost ~nothing
+    tracemalloc.start()
+    try:
+        out = fedavg(results)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(out[0], 1.0)
+    # the float64 result (2 MB), one tile and one partial sum; stacking 40 clients: 80 MB
+    tile = fedavg_module.BLOCK_BYTES + 8 * fedavg_module.SLICE
+    assert peak < 2_008_000 + tile + 50_000
 
 
 # --- Every strategy -----------------------------------------------------------------------
