@@ -55,6 +55,7 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
         self.answer_timeout_s = answer_timeout_s
         self.refusals = refusals if refusals is not None else {}
         self.answered: dict[str, int] = {}
+        self.requests_refused: dict[str, int] = {}  # by gRPC status code, lower case
 
     def Predict(
         self, request: agent_pb2.PredictRequest, context: grpc.ServicerContext
@@ -62,7 +63,7 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
         started = time.perf_counter()
         timeout = request.timeout_ms / 1e3 if request.timeout_ms > 0 else self.answer_timeout_s
         if self.runtime.active(request.task_id) is None:
-            _abort(
+            self._refuse(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"no model for task {request.task_id!r} yet (waiting for an update)",
@@ -71,7 +72,7 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
             features = decode_tensor(request.features)
             local = self.runtime.predict_local(request.task_id, np.asarray(features, np.float32))
         except (WireError, BadPartitionInput) as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"features: {exc}")
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"features: {exc}")
         result = local.result
         edge_hop = inference_pb2.HopTiming(
             tier=tier_of(EDGE),
@@ -113,7 +114,7 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
         try:
             sessions = [session_from_proto(m) for m in request.sessions]
         except WireError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"session: {exc}")
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"session: {exc}")
         result = self.queue.enqueue(sessions)
         return agent_pb2.RecordSessionsReply(
             queued=len(result.queued),
@@ -126,7 +127,9 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
     ) -> agent_pb2.AgentStatus:
         if request.plugged:
             if not request.station_target:
-                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "plugged needs station_target")
+                self._refuse(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "plugged needs station_target"
+                )
             self.uploader.plug(request.station_target)
             log.info(
                 "plugged in at %s: uploading %d sessions", request.station_target, len(self.queue)
@@ -134,6 +137,15 @@ class AgentServicer(agent_pb2_grpc.VehicleAgentServicer):
         else:
             self.uploader.unplug()
         return self.Status(agent_pb2.AgentStatusRequest(), context)
+
+    def _refuse(
+        self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str
+    ) -> NoReturn:
+        """Count a refused request by its status code, log it once, and abort the call."""
+        key = code.name.lower()
+        self.requests_refused[key] = self.requests_refused.get(key, 0) + 1
+        log.warning("request refused: %s: %s", code.name, message)
+        _abort(context, code, message)
 
     def Status(
         self, request: agent_pb2.AgentStatusRequest, context: grpc.ServicerContext

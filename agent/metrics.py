@@ -28,8 +28,18 @@ def agent_registry(
     forward_failures: Callable[[], Mapping[str, int]],
     queue_length: Callable[[], int],
     uploaded: Callable[[], int],
+    requests_refused: Callable[[], Mapping[str, int]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
+    if requests_refused is not None:
+        registry.register(
+            _Counts(
+                "evfl_agent_requests_refused",
+                "Local API requests refused (bad features, unknown task, bad sessions)",
+                "code",
+                requests_refused,
+            )
+        )
     registry.register(
         _Counts(
             "evfl_agent_answers",

@@ -76,6 +76,17 @@ class StationServicer(station_pb2_grpc.StationServiceServicer):
                     "in another stream",
                 )
             self._store_batch(batch, ack)
+        if not context.is_active():
+            # gRPC ends the request iterator quietly when a message does not deserialize and
+            # has already answered INTERNAL; what was committed before it stays committed.
+            self.metrics.upload_streams.labels("malformed").inc()
+            log.warning(
+                "upload: a message in the stream does not parse; stream refused after "
+                "%d committed, %d duplicate",
+                len(ack.committed),
+                len(ack.duplicate),
+            )
+            return ack
         self.metrics.upload_streams.labels("ok").inc()
         if ack.rejected:
             reasons = sorted({r.reason for r in ack.rejected})

@@ -21,7 +21,12 @@ def _ms(t: datetime | None) -> int:
 
 
 def _time(ms: int) -> datetime | None:
-    return None if ms == 0 else datetime.fromtimestamp(ms / 1000, tz=UTC)
+    if ms == 0:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError) as exc:  # outside what a datetime can hold
+        raise MalformedMessage(f"constraints: time {ms} ms is out of range ({exc})") from exc
 
 
 def constraints_to_proto(c: DataConstraints) -> pb.DataConstraints:

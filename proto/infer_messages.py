@@ -7,7 +7,7 @@ import numpy as np
 from proto import inference_pb2 as pb
 from proto.limits import WireLimits
 from proto.tensor_codec import decode_tensor, encode_tensor
-from proto.wire_errors import MalformedMessage
+from proto.wire_errors import BadTensor, MalformedMessage
 
 TIERS = (pb.EDGE, pb.FOG, pb.CLOUD)  # by partition index
 
@@ -22,7 +22,15 @@ def hidden_of(request: pb.InferRequest, limits: WireLimits | None = None) -> np.
         raise MalformedMessage("InferRequest without task_id")
     if not request.HasField("hidden"):
         raise MalformedMessage(f"InferRequest {request.request_id!r} without a hidden tensor")
-    return decode_tensor(request.hidden, limits or WireLimits())
+    hidden = decode_tensor(request.hidden, limits or WireLimits())
+    if hidden.dtype.kind != "f":
+        # A partition's hidden output is always floating point; integers or bools here are
+        # a client bug or an attack, not activations to cast silently.
+        raise BadTensor(
+            f"InferRequest {request.request_id!r}: hidden tensor has dtype {hidden.dtype}, "
+            "expected a float type"
+        )
+    return hidden
 
 
 def forward_request(

@@ -79,8 +79,9 @@ def _zone(name: str) -> ZoneInfo:
         raise MalformedMessage("timezone is missing")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise MalformedMessage(f"unknown timezone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # OSError: a name that is a directory of the zone database ("Europe") or unreadable.
+        raise MalformedMessage(f"unknown timezone {name[:64]!r}") from exc
 
 
 def from_unix_ms(unix_ms: int, zone: str) -> datetime:
