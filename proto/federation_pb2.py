@@ -27,21 +27,25 @@ from proto import signature_pb2 as proto_dot_signature__pb2
 from proto import tensors_pb2 as proto_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/federation.proto\x12\x07\x65vfl.v1\x1a\x16proto/partitions.proto\x1a\x15proto/signature.proto\x1a\x13proto/tensors.proto\"I\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.evfl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x98\x01\n\x0f\x44\x61taConstraints\x12&\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x14.evfl.v1.FeatureSpec\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0bmin_samples\x18\x03 \x01(\x03\x12\x1c\n\x14window_start_unix_ms\x18\x04 \x01(\x03\x12\x1a\n\x12window_end_unix_ms\x18\x05 \x01(\x03\"\xdc\x02\n\x11ModelAnnouncement\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x19\n\x11model_config_json\x18\x04 \x01(\t\x12\x1a\n\x12preprocessing_json\x18\x05 \x01(\t\x12\x1e\n\x07weights\x18\x06 \x01(\x0b\x32\r.evfl.v1.Blob\x12-\n\x0b\x63onstraints\x18\x07 \x01(\x0b\x32\x18.evfl.v1.DataConstraints\x12\x1e\n\x16round_deadline_unix_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x61nnounced_unix_ms\x18\t \x01(\x03\x12.\n\x0b\x65xit_policy\x18\n \x01(\x0b\x32\x19.evfl.v1.ExitPolicyParams\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signature\"Q\n\nExitMetric\x12\x0c\n\x04\x65xit\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0b\n\x03mse\x18\x03 \x01(\x01\x12\x0b\n\x03mae\x18\x04 \x01(\x01\x12\x0c\n\x04rmse\x18\x05 \x01(\x01\"\x97\x02\n\x0c\x43lientUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\x11\n\tupdate_id\x18\x04 \x01(\t\x12\x14\n\x0csample_count\x18\x05 \x01(\x03\x12$\n\x07metrics\x18\x06 \x03(\x0b\x32\x13.evfl.v1.ExitMetric\x12\x1e\n\x07weights\x18\x07 \x01(\x0b\x32\r.evfl.v1.Blob\x12\x10\n\x08is_delta\x18\x08 \x01(\x08\x12\x15\n\rtrain_seconds\x18\t \x01(\x01\x12\r\n\x05round\x18\n \x01(\x03\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signatureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/federation.proto\x12\x07\x65vfl.v1\x1a\x16proto/partitions.proto\x1a\x15proto/signature.proto\x1a\x13proto/tensors.proto\"v\n\x15UpdateEncodingRequest\x12)\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x17.evfl.v1.UpdateEncoding\x12\x15\n\rtopk_fraction\x18\x02 \x01(\x01\x12\x1b\n\x13stochastic_rounding\x18\x03 \x01(\x08\"I\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.evfl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x98\x01\n\x0f\x44\x61taConstraints\x12&\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x14.evfl.v1.FeatureSpec\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0bmin_samples\x18\x03 \x01(\x03\x12\x1c\n\x14window_start_unix_ms\x18\x04 \x01(\x03\x12\x1a\n\x12window_end_unix_ms\x18\x05 \x01(\x03\"\x95\x03\n\x11ModelAnnouncement\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x19\n\x11model_config_json\x18\x04 \x01(\t\x12\x1a\n\x12preprocessing_json\x18\x05 \x01(\t\x12\x1e\n\x07weights\x18\x06 \x01(\x0b\x32\r.evfl.v1.Blob\x12-\n\x0b\x63onstraints\x18\x07 \x01(\x0b\x32\x18.evfl.v1.DataConstraints\x12\x1e\n\x16round_deadline_unix_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x61nnounced_unix_ms\x18\t \x01(\x03\x12.\n\x0b\x65xit_policy\x18\n \x01(\x0b\x32\x19.evfl.v1.ExitPolicyParams\x12\x37\n\x0fupdate_encoding\x18\x0b \x01(\x0b\x32\x1e.evfl.v1.UpdateEncodingRequest\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signature\"Q\n\nExitMetric\x12\x0c\n\x04\x65xit\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0b\n\x03mse\x18\x03 \x01(\x01\x12\x0b\n\x03mae\x18\x04 \x01(\x01\x12\x0c\n\x04rmse\x18\x05 \x01(\x01\"\xd7\x02\n\x0c\x43lientUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\x11\n\tupdate_id\x18\x04 \x01(\t\x12\x14\n\x0csample_count\x18\x05 \x01(\x03\x12$\n\x07metrics\x18\x06 \x03(\x0b\x32\x13.evfl.v1.ExitMetric\x12\x1e\n\x07weights\x18\x07 \x01(\x0b\x32\r.evfl.v1.Blob\x12\x10\n\x08is_delta\x18\x08 \x01(\x08\x12\x15\n\rtrain_seconds\x18\t \x01(\x01\x12\r\n\x05round\x18\n \x01(\x03\x12)\n\x08\x65ncoding\x18\x0b \x01(\x0e\x32\x17.evfl.v1.UpdateEncoding\x12\x13\n\x0b\x62\x61se_sha256\x18\x0c \x01(\t\x12%\n\tsignature\x18\x0f \x01(\x0b\x32\x12.evfl.v1.Signature*q\n\x0eUpdateEncoding\x12\x12\n\x0eUPDATE_FLOAT32\x10\x00\x12\x18\n\x14UPDATE_FLOAT16_DELTA\x10\x01\x12\x15\n\x11UPDATE_INT8_DELTA\x10\x02\x12\x1a\n\x16UPDATE_TOPK_INT8_DELTA\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURESPEC']._serialized_start=103
-  _globals['_FEATURESPEC']._serialized_end=176
-  _globals['_DATACONSTRAINTS']._serialized_start=179
-  _globals['_DATACONSTRAINTS']._serialized_end=331
-  _globals['_MODELANNOUNCEMENT']._serialized_start=334
-  _globals['_MODELANNOUNCEMENT']._serialized_end=682
-  _globals['_EXITMETRIC']._serialized_start=684
-  _globals['_EXITMETRIC']._serialized_end=765
-  _globals['_CLIENTUPDATE']._serialized_start=768
-  _globals['_CLIENTUPDATE']._serialized_end=1047
+  _globals['_UPDATEENCODING']._serialized_start=1290
+  _globals['_UPDATEENCODING']._serialized_end=1403
+  _globals['_UPDATEENCODINGREQUEST']._serialized_start=103
+  _globals['_UPDATEENCODINGREQUEST']._serialized_end=221
+  _globals['_FEATURESPEC']._serialized_start=223
+  _globals['_FEATURESPEC']._serialized_end=296
+  _globals['_DATACONSTRAINTS']._serialized_start=299
+  _globals['_DATACONSTRAINTS']._serialized_end=451
+  _globals['_MODELANNOUNCEMENT']._serialized_start=454
+  _globals['_MODELANNOUNCEMENT']._serialized_end=859
+  _globals['_EXITMETRIC']._serialized_start=861
+  _globals['_EXITMETRIC']._serialized_end=942
+  _globals['_CLIENTUPDATE']._serialized_start=945
+  _globals['_CLIENTUPDATE']._serialized_end=1288
 # @@protoc_insertion_point(module_scope)
