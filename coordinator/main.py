@@ -3,7 +3,8 @@
 Each task runs its rounds on a thread of its own (they wait on Kafka, not the CPU); the cloud
 service answers stations' forwards with the newest versions of every task. SIGTERM stops the
 loops between polls, finishes in-flight gRPC calls and closes the registry; a round left open
-is resumed by the next start.
+is resumed by the next start. With MQTT, a keeper thread ships each task's latest version
+again when the broker may have lost it (it restarted empty, or a publish failed).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger("evfl.coordinator")
 
 CLOUD_SERVICE = station_pb2.DESCRIPTOR.services_by_name["CloudService"].full_name
 STOP_GRACE_S = 5.0
+KEEP_SHIPPED_S = 1.0
 
 
 class Coordinator:
@@ -57,7 +59,10 @@ class Coordinator:
         self.mqtt_settings = config.mqtt.settings(config.coordinator_id)
         self.mqtt = None
         self.loops: list[RoundLoop] = []
-        self.threads: list[threading.Thread] = []
+        self.sinks: list[VersionServing] = []
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []  # one round loop per task
+        self.keeper: threading.Thread | None = None  # re-ships versions an MQTT broker lost
         self.failures: dict[str, BaseException] = {}
         self.server: grpc.Server | None = None
         self.health: object | None = None
@@ -110,8 +115,14 @@ class Coordinator:
                 target=self._run_loop, args=(loop,), name=f"task-{spec.task_id}", daemon=True
             )
             self.loops.append(loop)
+            self.sinks.append(sink)
             self.threads.append(thread)
             thread.start()
+        if self.mqtt is not None:
+            self.keeper = threading.Thread(
+                target=self._keep_shipped, name="mqtt-keeper", daemon=True
+            )
+            self.keeper.start()
         log.info(
             "coordinator: cloud service on port %d, tasks %s, kafka %s, mqtt %s",
             self.port,
@@ -120,6 +131,13 @@ class Coordinator:
             f"{self.mqtt_settings.host}:{self.mqtt_settings.port}" if self.mqtt_settings else "off",
         )
         return self.port
+
+    def _keep_shipped(self) -> None:
+        """Every KEEP_SHIPPED_S, ship each task's latest version again if the MQTT broker may
+        have lost it (restarted empty, or a publish failed)."""
+        while not self.stopping.wait(KEEP_SHIPPED_S):
+            for sink in self.sinks:
+                sink.keep_shipped()
 
     def _run_loop(self, loop: RoundLoop) -> None:
         try:
@@ -132,11 +150,12 @@ class Coordinator:
         return all(not t.is_alive() for t in self.threads)
 
     def stop(self) -> None:
+        self.stopping.set()
         for loop in self.loops:
             loop.stop.set()
         if self.health is not None:
             self.health.enter_graceful_shutdown()  # type: ignore[attr-defined]
-        for thread in self.threads:
+        for thread in [*self.threads, *([self.keeper] if self.keeper else [])]:
             thread.join(timeout=60)
         if self.server is not None:
             self.server.stop(STOP_GRACE_S).wait()

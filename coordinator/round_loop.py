@@ -8,6 +8,11 @@ strategy; evaluate every exit on held-out data; commit version r atomically; han
 partition sink (cloud serving, MQTT). Accepted updates are recorded durably before their Kafka
 offset is committed, so a coordinator killed mid-round resumes the same round with the same
 updates, and a version number is never reused or skipped (the registry enforces it).
+
+The broker may restart empty (topics, offsets and unread updates gone): every re-announcement
+first re-creates missing topics and rewinds the updates reader to the new log's start, Kafka
+errors while announcing or committing are logged and retried, and stations re-send the update
+of a round announced again (duplicates are refused by update id).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from proto.federation_codec import (
 )
 from proto.kafka import (
     KafkaSettings,
+    KafkaTransportError,
     Publisher,
     Subscriber,
     announce_topic,
@@ -63,6 +69,7 @@ WIRE_REASONS: tuple[tuple[type[WireError], str], ...] = (
 )
 
 VersionSink = Callable[[VersionRecord, list[np.ndarray]], None]
+RETRY_S = 5.0  # after a Kafka error: the next try, and how long set-up calls may wait
 
 
 def _now_ms() -> int:
@@ -134,10 +141,10 @@ class RoundLoop:
                 latest = finished
             if not self.stop.is_set() and not self.spec.continuous:
                 # Stations serve the final version too, then learn the task is over.
-                self._announce(publisher, _Round(SERVE_ONLY, latest, latest.weights(), 0))
-                publisher.publish(
-                    announce_topic(self.task), end_of_task(self.task, _now_ms(), self.signer)
-                )
+                final = _Round(SERVE_ONLY, latest, latest.weights(), 0)
+                while not self._announce_end(publisher, final):
+                    if self.stop.wait(RETRY_S):
+                        return latest
                 self.registry.end_task(self.task)
                 log.info(
                     "task %s ended after version %d (version -1 published)",
@@ -199,18 +206,61 @@ class RoundLoop:
                 rnd.deadline_ms = _now_ms() + int(self.spec.round_deadline_s * 1000)
                 last_announce = -1e9
             if time.monotonic() - last_announce >= self.spec.reannounce_s:
-                rnd.bytes_out += self._announce(publisher, rnd)
-                last_announce = time.monotonic()
+                if last_announce > 0:
+                    self._repair_kafka(updates)
+                try:
+                    rnd.bytes_out += self._announce(publisher, rnd)
+                    last_announce = time.monotonic()
+                except KafkaTransportError as exc:
+                    log.warning(
+                        "task %s round %d: announcement not sent (%s); retrying",
+                        self.task,
+                        number,
+                        exc,
+                    )
+                    last_announce = time.monotonic() - self.spec.reannounce_s + RETRY_S
             record = updates.poll(0.5)
             if record is None:
                 continue
             rnd.bytes_in += len(record.value)
             self.metrics.bytes_in.labels(self.task).inc(len(record.value))
             self._receive(record.value, rnd)
-            updates.commit(record)
+            try:
+                updates.commit(record)
+            except KafkaTransportError as exc:  # recorded already; a re-read is a duplicate
+                log.warning("task %s round %d: offset not committed (%s)", self.task, number, exc)
         if self.stop.is_set():
             return None
         return self._close(rnd, time.monotonic() - started)
+
+    def _repair_kafka(self, updates: Subscriber) -> None:
+        """Undo what a broker that restarted empty forgot: the task's topics, and the updates
+        reader's position (the new log starts at 0 again)."""
+        try:
+            created = ensure_topics(self.kafka, task_topic_specs(self.task), timeout=RETRY_S)
+            rewound = updates.rewind_truncated(timeout=RETRY_S)
+        except KafkaTransportError as exc:
+            log.warning("task %s: Kafka unavailable (%s)", self.task, exc)
+            return
+        if created or rewound:
+            log.warning(
+                "task %s: the Kafka broker lost its logs (restarted empty?): re-created %s, "
+                "reading %s from the start",
+                self.task,
+                created or "no topic",
+                rewound or "no log",
+            )
+
+    def _announce_end(self, publisher: Publisher, final: _Round) -> bool:
+        try:
+            self._announce(publisher, final)
+            publisher.publish(
+                announce_topic(self.task), end_of_task(self.task, _now_ms(), self.signer)
+            )
+        except KafkaTransportError as exc:
+            log.warning("task %s: end of task not announced (%s); retrying", self.task, exc)
+            return False
+        return True
 
     def _announce(self, publisher: Publisher, rnd: _Round) -> int:
         constraints = constraints_for(self.data.preprocessing, self.spec.min_samples)

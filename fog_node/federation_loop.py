@@ -5,6 +5,12 @@ stored as pending), so a station killed mid-round handles it again after a resta
 id is deterministic (station, task, version), so a re-sent update is a duplicate the
 coordinator recognises. Pending updates are re-published at start and every RESEND_S until
 the broker acknowledges them: a broker that restarted empty still gets them.
+
+A broker that restarts empty also loses updates it had acknowledged but the coordinator had
+not read yet. So when the round a sent update answered is announced again, the station sends
+it again: at once if the announce log started over (its offsets went back: the broker lost
+it), else at most every SENT_RESEND_S (the coordinator drops copies it has recorded). Failed
+offset commits are logged, not fatal: handling an announcement again is harmless.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from proto.kafka import (
     KafkaSettings,
     KafkaTransportError,
     Publisher,
+    Record,
     Subscriber,
     announce_topic,
     chunks_topic,
@@ -35,6 +42,7 @@ from proto.wire_errors import WireError
 log = logging.getLogger("evfl.fog.kafka")
 
 RESEND_S = 10.0
+SENT_RESEND_S = 60.0
 MAX_CHUNKED_BLOBS = 8
 
 
@@ -59,6 +67,8 @@ class FederationLoop(threading.Thread):
         self.failure: BaseException | None = None
         # blob sha256 -> its chunks, for announcements whose weights travel in chunks
         self._chunks: OrderedDict[str, dict[int, tensors_pb2.Chunk]] = OrderedDict()
+        self._announce_offsets: dict[tuple[str, int], int] = {}  # last offset read per partition
+        self._sent_at: dict[str, float] = {}  # update id -> when this process last sent it
 
     def stop(self) -> None:
         self.stopping.set()
@@ -90,15 +100,38 @@ class FederationLoop(threading.Thread):
                 if record.topic.endswith(".chunks"):
                     self._stash(record.value)
                 else:
-                    outcome = self.participant.on_announcement(
-                        record.value, [c for b in self._chunks.values() for c in b.values()]
+                    self._on_announcement(publisher, record)
+                try:
+                    subscriber.commit(record)
+                except KafkaTransportError as exc:
+                    log.warning(
+                        "offset of %s not committed (%s); may handle it again", record.topic, exc
                     )
-                    if outcome.update is not None:
-                        self._publish(publisher, outcome.task_id, *outcome.update)
-                subscriber.commit(record)
         finally:
             subscriber.close()
             publisher.close()
+
+    def _on_announcement(self, publisher: Publisher, record: Record) -> None:
+        where = (record.topic, record.partition)
+        log_restarted = record.offset <= self._announce_offsets.get(where, -1)
+        self._announce_offsets[where] = record.offset
+        outcome = self.participant.on_announcement(
+            record.value, [c for b in self._chunks.values() for c in b.values()]
+        )
+        if outcome.update is None:
+            return
+        update_id = outcome.update[0]
+        if outcome.kind == "resend" and not log_restarted:
+            last = self._sent_at.get(update_id)
+            if last is not None and time.monotonic() - last < SENT_RESEND_S:
+                return
+        if outcome.kind == "resend":
+            log.info(
+                "re-sending update %s (%s)",
+                update_id,
+                "the broker lost the announce log" if log_restarted else "round announced again",
+            )
+        self._publish(publisher, outcome.task_id, *outcome.update)
 
     def _stash(self, data: bytes) -> None:
         try:
@@ -118,6 +151,7 @@ class FederationLoop(threading.Thread):
         except KafkaTransportError as exc:
             log.warning("update %s not delivered yet (%s); will re-send", update_id, exc)
             return False
+        self._sent_at[update_id] = time.monotonic()
         if self.store.confirm_update(update_id):
             state = self.store.task_state(task_id)
             self.store.update_task_state(task_id, updates_sent=state.updates_sent + 1)

@@ -4,9 +4,10 @@ For version N of a task it (1) installs N's fog partition for inference, (2) che
 sessions against N's data constraints and logs the precise reason, (3) trains the whole model
 from N's weights on the sessions stored since its watermark plus a replay sample of older
 ones, within the round's deadline and its time budget, and (4) returns a ClientUpdate, which
-is kept in the store as pending until the loop confirms its delivery. The watermark, the
-trained version and the announcement itself are persisted, so a restart neither retrains nor
-loses the model it was serving. Every outcome is logged once and counted.
+is kept in the store as pending until the loop confirms its delivery, and after that until the
+next one is delivered: a re-announced round gets the same update again ("resend"). The
+watermark, the trained version and the announcement itself are persisted, so a restart neither
+retrains nor loses the model it was serving. Every outcome is logged once and counted.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Participant:
         outcome = self._handle(data, chunks or [])
         self.metrics.announcements.labels(outcome.kind).inc()
         where = f"{outcome.task_id} v{outcome.version}" if outcome.task_id else "announcement"
-        quiet = ("trained", "stale", "ended", "serve_only")
+        quiet = ("trained", "stale", "resend", "ended", "serve_only")
         level = logging.INFO if outcome.kind in quiet else logging.WARNING
         log.log(level, "%s: %s: %s", where, outcome.kind, outcome.detail)
         return outcome
@@ -146,6 +147,14 @@ class Participant:
             self.store.update_task_state(task_id, last_compatibility="task ended")
             return Outcome("ended", "task ended; still serving the last version", task_id, version)
         if version <= state.trained_version and version <= state.serving_version:
+            sent = None
+            if version == state.trained_version and msg.round != SERVE_ONLY:
+                sent = self._sent_update(task_id, version)
+            if sent is not None:
+                # The round we answered is announced again: the coordinator may never have
+                # got our update (a broker that restarted empty lost it). The loop decides
+                # when to re-send; the coordinator drops copies it has already recorded.
+                return Outcome("resend", f"update {sent[0]} already sent", task_id, version, sent)
             return Outcome(
                 "stale", f"already handled (trained v{state.trained_version})", task_id, version
             )
@@ -167,6 +176,14 @@ class Participant:
                 "stale", f"already trained on v{state.trained_version}", task_id, version
             )
         return self._train(decoded, state.watermark)
+
+    def _update_id(self, task_id: str, version: int) -> str:
+        return f"{self.station_id}:{task_id}:v{version}"
+
+    def _sent_update(self, task_id: str, version: int) -> tuple[str, bytes] | None:
+        update_id = self._update_id(task_id, version)
+        payload = self.store.sent_update(update_id)
+        return None if payload is None else (update_id, payload)
 
     def _decode(self, read: ReadAnnouncement) -> _Version:
         config = ModelConfig.from_dict(read.model_config)
@@ -236,7 +253,7 @@ class Participant:
             return Outcome("diverged", str(exc), task_id, version)
         self.metrics.training_seconds.observe(result.train_seconds)
         self.metrics.training_rows.inc(result.sample_count)
-        update_id = f"{self.station_id}:{task_id}:v{version}"
+        update_id = self._update_id(task_id, version)
         scores = [
             ExitScore(name, m.n, m.mse, m.mae, m.rmse)
             for name, m in zip(PARTITIONS, result.metrics_after, strict=True)

@@ -1,8 +1,9 @@
-"""The station's durable store: sessions, per-task training state, unsent updates, rejections.
+"""The station's durable store: sessions, per-task training state, updates, rejections.
 
 SQLite in WAL mode with ``synchronous=FULL``: every write method commits before it returns, so
 an upload ack or a "trained up to" watermark sent after the call survives a crash or power
-loss. ``sessions.seq`` is the insertion order; a task's watermark is the last seq it trained
+loss. Updates are kept while unsent and, once sent, until the task's next one is sent.
+``sessions.seq`` is the insertion order; a task's watermark is the last seq it trained
 on, so "new data" is ``frame(after_seq=watermark)``.
 
 Threads: one connection (``check_same_thread=False``) guarded by one lock, so the gRPC
@@ -84,6 +85,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             count INTEGER NOT NULL
         )""",
     ),
+    # A delivered update is kept (marked sent) until the task's next update is delivered: a
+    # broker that restarted empty lost it, and the station re-sends it when the round is
+    # announced again.
+    ("ALTER TABLE pending_updates ADD COLUMN sent_unix_ms INTEGER",),
 )
 
 _STORED_COLUMNS = (
@@ -339,15 +344,36 @@ class SessionStore(SqliteStore):
 
     def pending_updates(self, task_id: str | None = None) -> list[tuple[str, str, bytes]]:
         """``(update_id, task_id, payload)`` not yet confirmed, oldest first."""
-        sql = "SELECT update_id, task_id, payload FROM pending_updates"
+        sql = "SELECT update_id, task_id, payload FROM pending_updates WHERE sent_unix_ms IS NULL"
         params: tuple[str, ...] = ()
         if task_id is not None:
-            sql += " WHERE task_id = ?"
+            sql += " AND task_id = ?"
             params = (task_id,)
         return [(u, t, bytes(p)) for u, t, p in self._read(f"{sql} ORDER BY rowid", params)]
 
     def confirm_update(self, update_id: str) -> bool:
-        """Forget a delivered update; False if it was not pending (a repeated confirmation)."""
+        """Mark a pending update delivered; False if it was not pending (a repeated
+        confirmation). It stays readable by :meth:`sent_update` until the next update of its
+        task is confirmed."""
         with self._write() as cur:
-            cur.execute("DELETE FROM pending_updates WHERE update_id = ?", (update_id,))
-            return cur.rowcount == 1
+            cur.execute(
+                "UPDATE pending_updates SET sent_unix_ms = ? "
+                "WHERE update_id = ? AND sent_unix_ms IS NULL",
+                (_now_ms(), update_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            cur.execute(
+                "DELETE FROM pending_updates WHERE sent_unix_ms IS NOT NULL AND update_id != ? "
+                "AND task_id = (SELECT task_id FROM pending_updates WHERE update_id = ?)",
+                (update_id, update_id),
+            )
+            return True
+
+    def sent_update(self, update_id: str) -> bytes | None:
+        """The payload of a delivered update still kept (its task's latest), else None."""
+        rows = self._read(
+            "SELECT payload FROM pending_updates WHERE update_id = ? AND sent_unix_ms IS NOT NULL",
+            (update_id,),
+        )
+        return bytes(rows[0][0]) if rows else None

@@ -18,7 +18,8 @@ Notes from the embedded broker (Tansu 0.6, ``evfl.brokers.EmbeddedKafka``), whic
 - After a restart a subscribed consumer rejoins by itself (about 3 s) but keeps its old
   position: if the re-created topic already holds that many records, the ones before it are
   skipped (with fewer it starts again at 0). Readers that must see everything use
-  :meth:`Subscriber.assign_from_beginning` after a restart.
+  :meth:`Subscriber.assign_from_beginning` after a restart, or call
+  :meth:`Subscriber.rewind_truncated` now and then.
 """
 
 from __future__ import annotations
@@ -614,6 +615,29 @@ class Subscriber:
                 raise KafkaUnavailable(f"topic {topic!r} is not available: {reason}")
             partitions += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions]
         self._consumer.assign(partitions)
+
+    def rewind_truncated(self, timeout: float = 5.0) -> list[str]:
+        """Seek to the start of every assigned partition whose log now ends before this
+        consumer's position, and name them (``topic[partition]``).
+
+        A broker that restarted empty re-creates a topic from offset 0, but a consumer that
+        rejoins keeps its old position and would wait for offsets that no longer come; calling
+        this now and then reads the new log from its start. Raises :class:`KafkaUnavailable`
+        when the broker does not answer.
+        """
+        try:
+            positions = self._consumer.position(self._consumer.assignment())
+            rewound = []
+            for tp in positions:
+                if tp.offset < 0:  # nothing fetched yet: the reset policy applies
+                    continue
+                low, high = self._consumer.get_watermark_offsets(tp, timeout, cached=False)
+                if tp.offset > high:
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, low))
+                    rewound.append(f"{tp.topic}[{tp.partition}]")
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"consumer {self._group_id}: {_describe(exc.args[0])}") from exc
+        return rewound
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal() or err.code() in _PERMANENT:

@@ -22,6 +22,8 @@ Notes from the brokers the tests run on (``evfl.brokers.EmbeddedMqtt``):
 - A restarted broker (no persistence) has forgotten every session and subscription, so the
   subscriber always connects with a clean session and subscribes again on every CONNACK;
   the broker then re-sends the retained messages, so readers must take duplicates.
+- A restarted broker without persistence has also lost every retained message: publishers
+  whose messages must stay retained watch ``connections`` and publish them again.
 - paho re-sends unacknowledged QoS 1 messages after a reconnect. A publish that timed out
   would then land later, after whatever the caller published next; so a failed publish drops
   the connection and its queue, and the next publish connects afresh.
@@ -296,6 +298,7 @@ class _Connection:
         self._connected = threading.Event()
         self._refused: str | None = None
         self._closing = False
+        self.connections = 0  # successful CONNACKs so far: a rise means "connected afresh"
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "not connected"
@@ -361,6 +364,7 @@ class _Connection:
             self._refused = str(reason)
             return
         self._refused = None
+        self.connections += 1
         self._connected.set()
         _LOG.debug("%s: connected to %s", self.client_id, self.settings.address)
         self._on_connected(client)

@@ -93,6 +93,19 @@ def test_a_redelivered_version_is_stale_and_new_sessions_are_needed_for_the_next
     assert station.on_announcement(_announce(energy_global, 3)).kind == "trained"
 
 
+def test_a_round_announced_again_after_its_update_was_sent_gets_the_same_update(
+    station, energy_global
+):
+    outcome = station.on_announcement(_announce(energy_global, 1))
+    assert outcome.kind == "trained"
+    assert station.on_announcement(_announce(energy_global, 1)).kind == "stale"  # not sent yet
+    update_id, payload = outcome.update
+    assert station.store.confirm_update(update_id)  # the loop delivered it
+    again = station.on_announcement(_announce(energy_global, 1))
+    assert (again.kind, again.update) == ("resend", (update_id, payload))  # not retrained
+    assert station.store.task_state(TASK).trained_version == 1
+
+
 def test_serving_survives_a_restart(tmp_path, station, energy_global):
     station.on_announcement(_announce(energy_global, 4))
     path = tmp_path / "sessions.sqlite3"

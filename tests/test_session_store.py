@@ -302,3 +302,23 @@ def test_acked_sessions_survive_sigkill(tmp_path, real):
 def test_module_imports_without_pandas():
     code = "import sys, fog_node.session_store; sys.exit('pandas' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_sent_update_is_kept_until_the_tasks_next_one_is_sent(tmp_path):
+    """A broker that restarts empty loses delivered updates: the station can send it again."""
+    path = tmp_path / "station.db"
+    with SessionStore(path) as store:
+        store.put_pending_update("s:t:v1", "t", b"one")
+        store.put_pending_update("s:u:v1", "u", b"other task")
+        assert store.sent_update("s:t:v1") is None  # pending, not sent
+        assert store.confirm_update("s:t:v1") is True
+        assert store.confirm_update("s:u:v1") is True
+        assert store.pending_updates() == []
+    with SessionStore(path) as store:
+        assert store.sent_update("s:t:v1") == b"one"
+        store.put_pending_update("s:t:v2", "t", b"two")
+        assert store.sent_update("s:t:v1") == b"one"  # until v2 is delivered
+        assert store.confirm_update("s:t:v2") is True
+        assert store.sent_update("s:t:v1") is None
+        assert store.sent_update("s:t:v2") == b"two"
+        assert store.sent_update("s:u:v1") == b"other task"  # other tasks keep theirs
