@@ -115,6 +115,7 @@ class Agent:
             lambda: self.forwarder.failures,
             lambda: len(self.queue),
             self.queue.uploaded_count,
+            requests_refused=lambda: servicer.requests_refused,
         )
         host, _, port = self.config.metrics_listen.rpartition(":")
         self.metrics_server = start_http_server(

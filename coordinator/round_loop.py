@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry, VersionRecord
@@ -33,9 +34,11 @@ from models.aggregate import ClientResult, Strategy, StrategyState, make_strateg
 from models.aggregate.screening import UpdateRefused, check_update, norm_outliers
 from models.constraints import constraints_for
 from models.partitioned import weights_of
+from proto import federation_pb2
 from proto.constraints_codec import constraints_to_proto
 from proto.federation_codec import (
     SERVE_ONLY,
+    BaseMismatch,
     NonFiniteWeights,
     ReadUpdate,
     build_announcement,
@@ -55,6 +58,7 @@ from proto.kafka import (
 )
 from proto.limits import WireLimits
 from proto.signing import KeyRing, Signer
+from proto.update_encoding import UpdateEncoding, weights_sha256
 from proto.wire_errors import BadSignature, HashMismatch, MalformedMessage, WireError
 
 log = logging.getLogger("evfl.coordinator")
@@ -62,6 +66,7 @@ log = logging.getLogger("evfl.coordinator")
 # A wire error's class -> the refusal reason operators see in logs and metrics.
 WIRE_REASONS: tuple[tuple[type[WireError], str], ...] = (
     (NonFiniteWeights, "non_finite"),
+    (BaseMismatch, "stale_base"),  # a delta against weights other than the round's base
     (BadSignature, "bad_signature"),
     (HashMismatch, "bad_hash"),
     (MalformedMessage, "malformed"),
@@ -76,12 +81,26 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _claimed_ids(payload: bytes) -> tuple[str, str]:
+    """The update and station ids a refused update claims (unverified), or "?" if unreadable.
+
+    Operators need to know which station keeps sending bad updates even when the update is
+    refused for its signature, hash or weights.
+    """
+    try:
+        message = federation_pb2.ClientUpdate.FromString(payload)
+    except DecodeError:
+        return "?", "?"
+    return message.update_id[:128] or "?", message.station_id[:128] or "?"
+
+
 @dataclass
 class _Round:
     number: int
     base: VersionRecord
     base_weights: list[np.ndarray]
     deadline_ms: int
+    base_sha256: str = ""  # of base_weights: what delta updates must be based on
     results: list[ClientResult] = field(default_factory=list)
     update_ids: list[str] = field(default_factory=list)
     bytes_in: int = 0
@@ -116,6 +135,7 @@ class RoundLoop:
         self.require_signed = require_signed
         self.limits = limits or WireLimits()
         self.strategy: Strategy = make_strategy(spec.strategy, **spec.strategy_params)
+        self.update_encoding = UpdateEncoding.parse(spec.update_encoding)
         self.task = spec.task_id
         self.stop = threading.Event()
 
@@ -175,8 +195,14 @@ class RoundLoop:
         deadline = _now_ms() + int(self.spec.round_deadline_s * 1000)
         self.registry.open_round(self.task, number, base.version, deadline)
         rnd = _Round(number, base, base.weights(), deadline)
+        rnd.base_sha256 = weights_sha256(rnd.base_weights)
         for stored in self.registry.round_updates(self.task, number):  # after a restart
-            read = read_update(stored.payload, limits=self.limits)
+            read = read_update(
+                stored.payload,
+                limits=self.limits,
+                base_weights=rnd.base_weights,
+                base_sha256=rnd.base_sha256,
+            )
             rnd.results.append(ClientResult(stored.station_id, read.weights, stored.sample_count))
             rnd.update_ids.append(stored.update_id)
         if rnd.results:
@@ -277,6 +303,7 @@ class RoundLoop:
             _now_ms(),
             self.signer,
             self.limits,
+            update_encoding=None if rnd.number == SERVE_ONLY else self.update_encoding,
         )
         sent = 0
         for chunk in chunks:
@@ -302,10 +329,17 @@ class RoundLoop:
 
     def _receive(self, payload: bytes, rnd: _Round) -> None:
         try:
-            read = read_update(payload, self.keyring, self.require_signed, limits=self.limits)
+            read = read_update(
+                payload,
+                self.keyring,
+                self.require_signed,
+                limits=self.limits,
+                base_weights=rnd.base_weights,
+                base_sha256=rnd.base_sha256 or None,
+            )
         except WireError as exc:
             reason = next(r for cls, r in WIRE_REASONS if isinstance(exc, cls))
-            self._refuse(rnd, reason, "?", "?", str(exc))
+            self._refuse(rnd, reason, *_claimed_ids(payload), str(exc))
             return
         msg = read.message
         reason, detail = self._screen(read, rnd)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from models.constraints import check_compatibility, window_mask
 from models.exit_policy import ExitPolicy
@@ -31,6 +31,7 @@ from models.partitioned import ShapeMismatch
 from models.preprocessing import Preprocessing, PreprocessingError
 from models.served_partition import ServedPartition, ServedVersions
 from models.tflite_runner import TfliteRunner
+from proto import federation_pb2
 from proto.constraints_codec import constraints_from_proto
 from proto.federation_codec import (
     SERVE_ONLY,
@@ -41,6 +42,7 @@ from proto.federation_codec import (
 )
 from proto.limits import WireLimits
 from proto.signing import KeyRing, Signer
+from proto.update_encoding import FLOAT32, UpdateEncoding, UpdateEncodingError
 from proto.wire_errors import WireError
 
 if TYPE_CHECKING:
@@ -258,19 +260,31 @@ class Participant:
             ExitScore(name, m.n, m.mse, m.mae, m.rmse)
             for name, m in zip(PARTITIONS, result.metrics_after, strict=True)
         ]
-        update, chunks = build_update(
-            task_id,
-            self.station_id,
-            version,
-            msg.round,
-            update_id,
-            result.sample_count,
-            scores,
-            result.weights,
-            result.train_seconds,
-            self.signer,
-            self.limits,
-        )
+        wanted = v.read.update_encoding  # what the coordinator asked for (float32 if unknown)
+
+        def build(encoding: UpdateEncoding) -> tuple[federation_pb2.ClientUpdate, list[Any]]:
+            return build_update(
+                task_id,
+                self.station_id,
+                version,
+                msg.round,
+                update_id,
+                result.sample_count,
+                scores,
+                result.weights,
+                result.train_seconds,
+                self.signer,
+                self.limits,
+                base_weights=v.read.weights,
+                encoding=encoding,
+                seed=version,
+            )
+
+        try:
+            update, chunks = build(wanted)
+        except UpdateEncodingError as exc:  # e.g. a delta beyond float16's range
+            log.warning("%s v%d: %s; sending float32 weights instead", task_id, version, exc)
+            update, chunks = build(FLOAT32)
         if chunks:
             return Outcome(
                 "too_large",

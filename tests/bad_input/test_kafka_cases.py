@@ -210,12 +210,6 @@ def test_bad_update_is_refused_counted_and_the_honest_ones_still_aggregated(c, r
         np.testing.assert_allclose(got_w, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coordinator/round_loop.py _receive: a WireError from read_update is refused as "
-    "update '?' from station '?', even when the ClientUpdate parsed and names its update_id "
-    "and station_id (bad hash, NaN weights, bad signature, oversize, missing chunks)",
-)
 def test_refusals_of_readable_updates_name_the_update_and_station(round_run):
     for case_id, (update_id, _) in round_run["bad"].items():
         if update_id == "?":
