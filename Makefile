@@ -58,6 +58,8 @@ bench: setup
 	$(BIN)/python -m bench.fog_service
 	$(BIN)/python -m bench.round
 	$(BIN)/python -m bench.agent
+	$(BIN)/python -m bench.aggregate
+	$(BIN)/python -m bench.comm
 
 lint: setup
 	$(BIN)/ruff check .
