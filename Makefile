@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python -m bench.fog_service
 	$(BIN)/python -m bench.round
 	$(BIN)/python -m bench.agent
+	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.aggregate
 	$(BIN)/python -m bench.comm
 

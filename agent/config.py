@@ -27,6 +27,9 @@ class AgentConfig(TomlSettings):
     state_dir: Path = Path("agent-state")  # the upload queue and the models
     listen: str = "unix:agent.sock"  # the local API: unix:PATH or host:port
     metrics_listen: str = ""
+    # Local API threads: a forwarded Predict holds one until the station answers, so this bounds
+    # how many apps' requests can be in flight at once.
+    serve_workers: int = Field(4, ge=1)
     tasks: list[str] = Field(default_factory=list)
     # The station that answers forwarded requests while driving; when plugged in, the station
     # the car is plugged into takes over.

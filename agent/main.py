@@ -88,7 +88,11 @@ class Agent:
             self.config.answer_timeout_s,
             self.updater.refusals if self.updater is not None else None,
         )
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self.config.serve_workers, thread_name_prefix="grpc"
+            )
+        )
         agent_pb2_grpc.add_VehicleAgentServicer_to_server(servicer, self.server)
         self.port = bind(self.server, self.config.listen)
         self.server.start()
