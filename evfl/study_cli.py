@@ -259,6 +259,15 @@ def dundee(
         "runs"
     ),
     workers: Annotated[int, typer.Option(help="parallel processes")] = 2,
+    ratios: Annotated[
+        str | None, typer.Option(help="training ratios to run, e.g. 0.8 or 0.8,0.5")
+    ] = None,
+    time_split: Annotated[
+        bool | None, typer.Option(help="also run the time-ordered 80% split")
+    ] = None,
+    ablation: Annotated[
+        bool | None, typer.Option(help="run the per-station FEDL ablation (random 80%, seed 0)")
+    ] = None,
 ) -> None:
     """EDL, FEDL, clustering and baselines on Dundee, as in Saputra et al., plus evfl's model."""
     from dataclasses import replace
@@ -272,9 +281,19 @@ def dundee(
         settings = StudySettings.quick() if quick else replace(StudySettings(), seeds=seeds)
         if not quick:
             settings = replace(settings, workers=workers)
+        if ratios is not None:
+            settings = replace(settings, ratios=_parse_ratios(ratios))
+        if time_split is not None:
+            settings = replace(settings, time_split=time_split)
+        if ablation is not None:
+            settings = replace(settings, ablation=ablation)
         _print_locations(data, settings)
 
+        folder = out / datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder.mkdir(parents=True, exist_ok=True)
+
         def progress(task, scores) -> None:
+            _append_scores(folder / "scores_so_far.csv", task, scores)
             kind = "ablation" if task.ablation else f"{task.split} {task.ratio:.0%}"
             console.print(
                 f"[dim]done: {kind} seed {task.seed} ({time.time() - started:.0f}s elapsed)[/dim]"
@@ -299,8 +318,6 @@ def dundee(
         if result.ablation:
             console.print(_ablation_table(result.ablation, edl))
         console.print(_communication_table(groups))
-        folder = out / datetime.now().strftime("%Y%m%d-%H%M%S")
-        folder.mkdir(parents=True, exist_ok=True)
         _write_csv(folder / "dundee_study.csv", summaries, result, groups)
         _plot(folder / "dundee_study.png", summaries)
         console.print(
@@ -308,6 +325,38 @@ def dundee(
             f"wall time {time.time() - started:.0f}s; wrote {folder / 'dundee_study.csv'} and "
             f"{folder / 'dundee_study.png'}"
         )
+
+
+def _append_scores(path: Path, task, scores: list[Score]) -> None:
+    """Every finished task's raw scores, so a long run that is stopped still leaves them."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["ablation", "method", "split", "ratio", "seed", "rmse", "mae", "seconds"])
+        for s in scores:
+            w.writerow(
+                [
+                    int(task.ablation),
+                    s.method,
+                    s.split,
+                    s.ratio,
+                    s.seed,
+                    f"{s.rmse:.4f}",
+                    f"{s.mae:.4f}",
+                    f"{s.seconds:.2f}",
+                ]
+            )
+
+
+def _parse_ratios(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--ratios {text!r}: expected numbers like 0.8,0.5") from None
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise typer.BadParameter(f"--ratios {text!r}: each ratio must be between 0 and 1")
+    return values
 
 
 def _print_locations(data, settings) -> None:

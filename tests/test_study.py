@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from models.study.communication import raw_upload_bytes, update_bytes
 from models.study.federation import (
     Client,
     PersonalRows,
+    RowUsage,
     iid_clients,
     merge_personal,
+    rescale_row_updates,
     run_rounds,
 )
 from models.study.station_clusters import cluster_stations, size_bounds
@@ -135,6 +138,62 @@ def test_personal_rows_are_not_averaged():
     np.testing.assert_allclose(merged[2], [6.5, 6.5])  # shared row: weighted average
 
 
+def test_row_usage_averages_each_row_over_its_users_only():
+    from models.aggregate import ClientResult, fedavg
+
+    current = [np.zeros((3, 2))]
+    a = [np.array([[2.0, 2.0], [0.0, 0.0], [4.0, 4.0]])]  # a never uses row 1
+    b = [np.array([[0.0, 0.0], [6.0, 6.0], [8.0, 8.0]])]  # b never uses row 0
+    results = [ClientResult("a", a, 1), ClientResult("b", b, 3)]
+    usage = RowUsage(0, {"a": np.array([1, 0, 1]), "b": np.array([0, 3, 1])})
+    merged = fedavg(rescale_row_updates(current, results, usage))[0]
+    np.testing.assert_allclose(merged[0], [2.0, 2.0])  # only a's update, not shrunk by 1/4
+    np.testing.assert_allclose(merged[1], [6.0, 6.0])  # only b's
+    np.testing.assert_allclose(merged[2], [6.0, 6.0])  # equal use: plain mean of 4 and 8
+    plain = fedavg(results)[0]
+    np.testing.assert_allclose(plain[0], [0.5, 0.5])  # what FedAvg alone would have done
+
+
+def test_row_usage_counts_nonzero_inputs():
+    x = np.array([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]], np.float32)
+    usage = RowUsage.of(0, [Client("s", x, np.zeros(2, np.float32))])
+    np.testing.assert_array_equal(usage.counts["s"], [2, 0, 1])
+
+
+def test_rounds_with_client_sampling_train_only_the_drawn_clients():
+    x, z = _toy(40)
+    clients = [Client(f"c{i}", x[i * 10 : i * 10 + 10], z[i * 10 : i * 10 + 10]) for i in range(4)]
+    seen: list[tuple[int, str]] = []
+
+    def local(weights, client, round_index):
+        seen.append((round_index, client.client_id))
+        return weights
+
+    run_rounds([np.zeros(1)], clients, local, make_strategy("fedavg"), 5, per_round=2, seed=1)
+    assert len(seen) == 10
+    assert all(sum(r == k for r, _ in seen) == 2 for k in range(5))
+    assert len({c for _, c in seen}) > 2  # different clients are drawn in different rounds
+
+
+def test_cosine_decay_runs_from_start_to_end():
+    assert paper_dnn.cosine(0.01, 1e-4, 0, 20) == pytest.approx(0.01)
+    assert paper_dnn.cosine(0.01, 1e-4, 19, 20) == pytest.approx(1e-4)
+    rates = [paper_dnn.cosine(0.01, 1e-4, i, 20) for i in range(20)]
+    assert all(a > b for a, b in itertools.pairwise(rates))
+
+
+def test_hgb_on_rich_features_needs_the_rich_codes():
+    from models.study.baselines import HGB_RICH, BaselineInputs, fit_predict
+
+    x, z = _toy(50, 3)
+    codes = np.abs(x * 3).astype(np.int64)
+    with pytest.raises(ValueError, match="rich_codes"):
+        fit_predict(HGB_RICH, BaselineInputs(x, z, x, codes, codes), 0, 100)
+    rich = np.column_stack([codes, codes])
+    pred = fit_predict(HGB_RICH, BaselineInputs(x, z, x, codes, codes, rich, rich), 0, 100)
+    assert pred.shape == (50,) and np.isfinite(pred).all()
+
+
 def test_iid_clients_partition_the_training_set():
     x, z = _toy(101)
     clients = iid_clients(x, z, 5, seed=0)
@@ -177,12 +236,15 @@ def test_study_quick_runs_end_to_end(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a guard against hangs, not a speed check (shared CI cores)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RMSE" in proc.stdout and "wall time" in proc.stdout
     (folder,) = out.iterdir()
     assert (folder / "dundee_study.png").stat().st_size > 0
+    with (folder / "scores_so_far.csv").open() as f:
+        raw = list(csv.DictReader(f))
+    assert {r["method"] for r in raw if r["ablation"] == "0"} == set(METHODS)
     with (folder / "dundee_study.csv").open() as f:
         rows = [r for r in csv.reader(f) if r]
     results = {r[1]: r for r in rows if r[0] == "result"}

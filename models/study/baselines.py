@@ -4,6 +4,8 @@ All get the same inputs as the DNN: one-hot station, weekday and hour. HistGradi
 instead reads the three as native categorical columns (the same information; trees split a
 category set far better than 98 sparse dummies). SVR's kernel solver is quadratic in rows,
 so it trains on a random subsample of ``svr_rows`` (documented in the study's output).
+``HGB_RICH`` is the same booster on the rich features (plus month, charger model and
+connector): the centralized baseline evfl's own federated model has to beat.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASELINES = ("KNR", "MLPR", "SGDR", "DT", "SVR", "RF", "HGB")
+HGB_RICH = "HGB, rich features"
+BASELINES = ("KNR", "MLPR", "SGDR", "DT", "SVR", "RF", "HGB", HGB_RICH)
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class BaselineInputs:
     x_test: np.ndarray
     codes_train: np.ndarray  # (n, 3) integer codes: station, weekday, hour (for HGB)
     codes_test: np.ndarray
+    rich_codes_train: np.ndarray | None = None  # (n, 6): + month, charger model, connector
+    rich_codes_test: np.ndarray | None = None
 
 
 def _estimator(name: str, seed: int):
@@ -51,6 +56,9 @@ def _estimator(name: str, seed: int):
         "HGB": lambda: HistGradientBoostingRegressor(
             max_iter=300, learning_rate=0.05, categorical_features=[0, 1, 2], random_state=seed
         ),
+        HGB_RICH: lambda: HistGradientBoostingRegressor(
+            max_iter=300, learning_rate=0.05, categorical_features=list(range(6)), random_state=seed
+        ),
     }
     return factories[name]()
 
@@ -61,6 +69,10 @@ def fit_predict(name: str, data: BaselineInputs, seed: int, svr_rows: int) -> np
     x, y, x_test = data.x_train, data.y_train, data.x_test
     if name == "HGB":
         x, x_test = data.codes_train, data.codes_test
+    if name == HGB_RICH:
+        if data.rich_codes_train is None or data.rich_codes_test is None:
+            raise ValueError(f"{HGB_RICH} needs rich_codes_train and rich_codes_test")
+        x, x_test = data.rich_codes_train, data.rich_codes_test
     if name == "SVR" and len(y) > svr_rows:
         rows = np.random.default_rng(seed).choice(len(y), svr_rows, replace=False)
         x, y = x[rows], y[rows]

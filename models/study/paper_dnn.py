@@ -31,6 +31,7 @@ class DnnSettings:
     epochs: int = 20
     steps: int | None = None  # if set: exactly this many mini-batches instead of epochs
     optimizer: str = "adam"  # or "sgd": plain steps, leaving adaptivity to a server optimizer
+    final_learning_rate: float | None = None  # if set: cosine decay to it over the call's steps
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ def train(
     lr, rate = settings.learning_rate, settings.dropout
     x, z = np.asarray(x, np.float32), np.asarray(z, np.float32)
     step = 0
+    total = _total_steps(len(z), settings)
     for rows in _batches(len(z), settings, rng):
+        if settings.final_learning_rate is not None:
+            lr = cosine(settings.learning_rate, settings.final_learning_rate, step, total)
         keep = None
         if rate > 0:
             mask = rng.random((len(rows), settings.hidden)) >= rate
@@ -123,6 +127,19 @@ def train(
             vi += (1 - b2) * (g * g)
             p -= (alpha * mi / (np.sqrt(vi) + ADAM_EPSILON)).astype(np.float32)
     return params
+
+
+def cosine(start: float, end: float, index: int, count: int) -> float:
+    """Cosine decay from ``start`` (index 0) to ``end`` (index ``count`` - 1)."""
+    if count <= 1:
+        return start
+    return end + 0.5 * (start - end) * (1.0 + np.cos(np.pi * index / (count - 1)))
+
+
+def _total_steps(n: int, settings: DnnSettings) -> int:
+    if settings.steps is not None:
+        return settings.steps
+    return settings.epochs * -(-n // settings.batch_size)
 
 
 def _batches(n: int, settings: DnnSettings, rng: np.random.Generator) -> Iterator[np.ndarray]:
