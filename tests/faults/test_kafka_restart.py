@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import numpy as np
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from coordinator.registry import Registry
@@ -81,7 +83,14 @@ def test_kafka_restarting_empty_mid_round_loses_no_update(tmp_path, kafka, dunde
         os.kill(coordinator.proc.pid, signal.SIGCONT)
         stopped = False
 
-        assert coordinator.wait(timeout=300) == 0, coordinator.log_tail()
+        try:
+            code = coordinator.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                "the run did not end within 300 s of the restart:\n"
+                + "\n\n".join(p.log_tail(60) for p in run.programs)
+            )
+        assert code == 0, coordinator.log_tail()
         resent = sum(run.log_count(r"re-sending update", fog) for fog in run.fogs)
         with Registry(run.registry_dir) as registry:
             versions = registry.versions(run.task)
