@@ -1,19 +1,12 @@
-"""Shared fixtures: the real datasets, loaded once per test session, and real brokers.
-
-The brokers (one Kafka, Tansu, and one MQTT broker) are started on first use and shared by the
-whole session; tests that restart or stop a broker (tests/faults) start their own.
-"""
+"""Shared fixtures: the real datasets, loaded once per test session."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from evfl.brokers import EmbeddedKafka, EmbeddedMqtt
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,15 +62,3 @@ def energy_global(dundee) -> GlobalVersion:
         station=station,
         station_sessions=mine,
     )
-
-
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    with EmbeddedKafka(tmp_path_factory.mktemp("kafka")) as broker:
-        yield broker
-
-
-@pytest.fixture(scope="session")
-def mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMqtt]:
-    with EmbeddedMqtt(tmp_path_factory.mktemp("mqtt")) as broker:
-        yield broker

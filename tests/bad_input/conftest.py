@@ -1,12 +1,27 @@
-"""Fixtures of the bad-input catalogue: the real Dundee model's partition files,
+"""Fixtures of the bad-input catalogue: real brokers, the real Dundee model's partition files,
 and reading a Prometheus sample before and after a case."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from prometheus_client import CollectorRegistry
 
+from evfl.brokers import EmbeddedKafka, EmbeddedMqtt
 from tests.bad_input.catalogue import Case
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    with EmbeddedKafka(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMqtt]:
+    with EmbeddedMqtt(tmp_path_factory.mktemp("mqtt")) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")
