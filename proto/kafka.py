@@ -280,6 +280,9 @@ class KafkaSettings:
                 "group.id": group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                # A subscribed topic created after the consumer joined (a station that starts
+                # before the coordinator) is noticed within 10 s, not librdkafka's 5 min.
+                "topic.metadata.refresh.interval.ms": 10_000,
                 "session.timeout.ms": self.session_timeout_ms,
                 "heartbeat.interval.ms": max(1, self.session_timeout_ms // 3),
                 "max.partition.fetch.bytes": self._fetch_max_bytes(),

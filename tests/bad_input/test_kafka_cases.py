@@ -28,7 +28,7 @@ from coordinator.task_spec import TaskSpec
 from models.aggregate import ClientResult, fedavg
 from proto.blob_codec import weights_to_blob
 from proto.federation_codec import ExitScore, build_update
-from proto.kafka import Publisher, updates_topic
+from proto.kafka import Publisher, ensure_topics, task_topic_specs, updates_topic
 from proto.limits import WireLimits
 from proto.signing import KeyRing, generate_keypair, load_public_key, load_signer, sign
 from tests.bad_input.catalogue import by_wire
@@ -274,6 +274,7 @@ def station_run(tmp_path_factory, kafka, energy_global):
         ),
         "announce-unsigned": (announce_topic(task), announcement(g.weights, None)),
     }
+    ensure_topics(kafka.settings(), task_topic_specs(task))  # before the loop subscribes
     lines = _Lines()
     for name in ("evfl.fog.participant", "evfl.fog.kafka"):
         logging.getLogger(name).addHandler(lines)
@@ -349,6 +350,7 @@ def test_an_announcement_with_an_impossible_window_is_refused_and_the_station_go
         )  # fmt: skip
         return message.SerializeToString()
 
+    ensure_topics(kafka.settings(), task_topic_specs(task))  # before the loop subscribes
     lines = _Lines()
     logging.getLogger("evfl.fog.participant").addHandler(lines)
     loop = FederationLoop(kafka.settings(), g.station, [task], participant, store, metrics)

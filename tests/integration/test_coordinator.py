@@ -104,11 +104,10 @@ def test_rounds_with_three_stations_survive_a_coordinator_kill(tmp_path, kafka, 
             _upload(fog.port, chunks[station][0])
 
         def trained(version):
-            return all(
-                station_status(f.port).tasks[0].trained_version >= version
-                for f in fogs
-                if station_status(f.port).tasks
-            )
+            # Every station, including one that has not seen an announcement yet: uploading
+            # round r's data before a station trained on r-1 would fold it into that round.
+            statuses = [station_status(f.port).tasks for f in fogs]
+            return all(tasks and tasks[0].trained_version >= version for tasks in statuses)
 
         for r in range(1, ROUNDS + 1):
             # Every station trained on version r-1 and sent its update for round r.
