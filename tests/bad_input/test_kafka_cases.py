@@ -287,8 +287,12 @@ def station_run(tmp_path_factory, kafka, energy_global):
             for topic, payload in bad.values():
                 publisher.publish(topic, payload)
             publisher.publish(announce_topic(task), announcement(g.weights, signer))
+        # The version is served before the announcement is counted: wait for both.
         deadline = time.monotonic() + WAIT
-        while served.tasks().get(task) != 1 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            served.tasks().get(task) != 1
+            or metrics.announcements.labels("serve_only")._value.get() < 1
+        ):
             time.sleep(0.1)
         yield {"task": task, "served": served, "metrics": metrics, "lines": list(lines.lines),
                "loop": loop}  # fmt: skip
