@@ -15,6 +15,7 @@ from rich.table import Table
 from evfl.user_errors import reported
 
 if TYPE_CHECKING:
+    from models.study.claims import Claim
     from models.study.communication import CommunicationCost
     from models.study.dundee_study import Score, StudyResult, Summary
 
@@ -109,11 +110,22 @@ def _communication_table(groups: dict[str, list[CommunicationCost]]) -> Table:
     return table
 
 
+def _claims_table(claims: list[Claim]) -> Table:
+    table = Table(title="What this run shows (random split, mean RMSE)")
+    for name in ("claim", "measured", "met"):
+        table.add_column(name)
+    marks = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[dim]reference[/dim]"}
+    for c in claims:
+        table.add_row(c.claim, c.measured, marks[c.met])
+    return table
+
+
 def _write_csv(
     path: Path,
     summaries: list[Summary],
     result: StudyResult,
     groups: dict[str, list[CommunicationCost]],
+    claims: list[Claim],
 ) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -190,6 +202,10 @@ def _write_csv(
                         f"{c.reduction_total:.4f}",
                     ]
                 )
+        w.writerow([])
+        w.writerow(["kind", "claim", "measured", "met"])
+        for c in claims:
+            w.writerow(["claim", c.claim, c.measured, "" if c.met is None else int(c.met)])
 
 
 def _plot(path: Path, summaries: list[Summary]) -> None:
@@ -273,6 +289,7 @@ def dundee(
     from dataclasses import replace
 
     from models.datasets.catalog import load_dataset
+    from models.study.claims import check_claims
     from models.study.dundee_study import EDL, StudySettings, run_study, summarize
 
     started = time.time()
@@ -318,7 +335,9 @@ def dundee(
         if result.ablation:
             console.print(_ablation_table(result.ablation, edl))
         console.print(_communication_table(groups))
-        _write_csv(folder / "dundee_study.csv", summaries, result, groups)
+        claims = check_claims(summaries)
+        console.print(_claims_table(claims))
+        _write_csv(folder / "dundee_study.csv", summaries, result, groups, claims)
         _plot(folder / "dundee_study.png", summaries)
         console.print(
             f"{result.sessions} sessions, {result.tasks} tasks; study {result.seconds:.0f}s, "

@@ -5,7 +5,9 @@ instead reads the three as native categorical columns (the same information; tre
 category set far better than 98 sparse dummies). SVR's kernel solver is quadratic in rows,
 so it trains on a random subsample of ``svr_rows`` (documented in the study's output).
 ``HGB_RICH`` is the same booster on the rich features (plus month, charger model and
-connector): the centralized baseline evfl's own federated model has to beat.
+connector): the centralized baseline evfl's own federated model has to beat. ``HGB_VEHICLE``
+adds the car's own charging history (``models.vehicle_history``), the extra information evfl's
+model reads: it shows what a centralized booster makes of the same inputs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 HGB_RICH = "HGB, rich features"
-BASELINES = ("KNR", "MLPR", "SGDR", "DT", "SVR", "RF", "HGB", HGB_RICH)
+HGB_VEHICLE = "HGB, rich + vehicle history"
+BASELINES = ("KNR", "MLPR", "SGDR", "DT", "SVR", "RF", "HGB", HGB_RICH, HGB_VEHICLE)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class BaselineInputs:
     codes_test: np.ndarray
     rich_codes_train: np.ndarray | None = None  # (n, 6): + month, charger model, connector
     rich_codes_test: np.ndarray | None = None
+    history_train: np.ndarray | None = None  # (n, k) raw vehicle-history columns
+    history_test: np.ndarray | None = None
 
 
 def _estimator(name: str, seed: int):
@@ -59,6 +64,9 @@ def _estimator(name: str, seed: int):
         HGB_RICH: lambda: HistGradientBoostingRegressor(
             max_iter=300, learning_rate=0.05, categorical_features=list(range(6)), random_state=seed
         ),
+        HGB_VEHICLE: lambda: HistGradientBoostingRegressor(
+            max_iter=300, learning_rate=0.05, categorical_features=list(range(6)), random_state=seed
+        ),
     }
     return factories[name]()
 
@@ -69,10 +77,15 @@ def fit_predict(name: str, data: BaselineInputs, seed: int, svr_rows: int) -> np
     x, y, x_test = data.x_train, data.y_train, data.x_test
     if name == "HGB":
         x, x_test = data.codes_train, data.codes_test
-    if name == HGB_RICH:
+    if name in (HGB_RICH, HGB_VEHICLE):
         if data.rich_codes_train is None or data.rich_codes_test is None:
-            raise ValueError(f"{HGB_RICH} needs rich_codes_train and rich_codes_test")
+            raise ValueError(f"{name} needs rich_codes_train and rich_codes_test")
         x, x_test = data.rich_codes_train, data.rich_codes_test
+    if name == HGB_VEHICLE:
+        if data.history_train is None or data.history_test is None:
+            raise ValueError(f"{HGB_VEHICLE} needs history_train and history_test")
+        x = np.column_stack([x, data.history_train])
+        x_test = np.column_stack([x_test, data.history_test])
     if name == "SVR" and len(y) > svr_rows:
         rows = np.random.default_rng(seed).choice(len(y), svr_rows, replace=False)
         x, y = x[rows], y[rows]
