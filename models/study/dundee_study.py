@@ -122,8 +122,8 @@ ABLATION = (
 
 @dataclass(frozen=True)
 class StudySettings:
-    """Budgets. The full study costs about 2,800 CPU-seconds (13 tasks; evfl's two federated
-    models take ~150 s each per task); ``--ratios``, ``--seeds`` and ``--no-ablation`` run less."""
+    """Budgets. The full study costs about 2,500 CPU-seconds (16 tasks; 1,248 s of wall time on
+    2 cores); ``--ratios``, ``--seeds``, ``--no-time-split`` and ``--no-ablation`` run less."""
 
     ratios: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5)
     seeds: int = 3
