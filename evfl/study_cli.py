@@ -110,6 +110,27 @@ def _communication_table(groups: dict[str, list[CommunicationCost]]) -> Table:
     return table
 
 
+def _maybe(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _new_stations_table(summaries: list[Summary]) -> Table | None:
+    """Where a split's test period has charge points without training sessions, the RMSE on
+    them apart: a model can only guess a new station's level."""
+    rows = [s for s in summaries if s.split == "time" and s.rmse_new is not None]
+    if not rows:
+        return None
+    table = Table(title="Time split: test RMSE at stations seen in training vs opened later")
+    for name in ("method", "split", "all", "seen stations", "new stations"):
+        table.add_column(name, justify="left" if name in ("method", "split") else "right")
+    for s in rows:
+        split = f"{s.split} {s.ratio:.0%}"
+        table.add_row(
+            s.method, split, f"{s.rmse_mean:.3f}", _maybe(s.rmse_seen, 3), _maybe(s.rmse_new, 3)
+        )
+    return table
+
+
 def _claims_table(claims: list[Claim]) -> Table:
     table = Table(title="What this run shows (random split, mean RMSE)")
     for name in ("claim", "measured", "met"):
@@ -141,6 +162,8 @@ def _write_csv(
                 "mae_std",
                 "runs",
                 "seconds",
+                "rmse_seen_stations",
+                "rmse_new_stations",
             ]
         )
         for s in summaries:
@@ -156,6 +179,8 @@ def _write_csv(
                     f"{s.mae_std:.4f}",
                     s.runs,
                     f"{s.seconds:.2f}",
+                    _maybe(s.rmse_seen),
+                    _maybe(s.rmse_new),
                 ]
             )
         for s in result.ablation:
@@ -335,6 +360,8 @@ def dundee(
         if result.ablation:
             console.print(_ablation_table(result.ablation, edl))
         console.print(_communication_table(groups))
+        if (new_stations := _new_stations_table(summaries)) is not None:
+            console.print(new_stations)
         claims = check_claims(summaries)
         console.print(_claims_table(claims))
         _write_csv(folder / "dundee_study.csv", summaries, result, groups, claims)

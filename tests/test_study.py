@@ -327,3 +327,19 @@ def test_claims_are_checked_against_the_runs_own_means():
     assert claims["ours at 80% <= 5.55 (aim)"].met is True
     ref = claims["reference at 80%: centralized models on ours' inputs"]
     assert ref.met is None and "5.300" in ref.measured  # shown, never a target
+
+
+def test_scores_split_the_error_between_seen_and_new_stations():
+    from models.study.dundee_study import Task, _score, summarize
+
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([1.0, 2.0, 5.0, 7.0])  # errors 0, 0, 2, 3
+    new = np.array([False, False, True, True])
+    task = Task("time", 0.8, 0)
+    s = _score("m", task, y, pred, 0.0, new)
+    assert s.rmse == pytest.approx(np.sqrt(13 / 4))
+    assert s.rmse_seen == 0.0 and s.rmse_new == pytest.approx(np.sqrt(13 / 2))
+    none_new = _score("m", task, y, y, 0.0, np.zeros(4, bool))
+    assert none_new.rmse_new is None
+    (summary,) = summarize([s, _score("m", Task("time", 0.8, 1), y, y, 0.0, new)])
+    assert summary.rmse_new == pytest.approx(np.sqrt(13 / 2) / 2)

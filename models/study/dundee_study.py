@@ -203,6 +203,10 @@ class Score:
     rmse: float
     mae: float
     seconds: float
+    # RMSE on test sessions at stations with / without training sessions (None: no such rows);
+    # the time split's test period has charge points that opened after the training period
+    rmse_seen: float | None = None
+    rmse_new: float | None = None
 
 
 @dataclass(frozen=True)
@@ -378,10 +382,26 @@ class Predictor:
         return self.scale.inverse(paper_dnn.predict(self.weights, x))
 
 
-def _score(method: str, task: Task, y: np.ndarray, pred: np.ndarray, started: float) -> Score:
+def _rmse(err: np.ndarray) -> float | None:
+    return float(np.sqrt(np.mean(err**2))) if len(err) else None
+
+
+def _score(
+    method: str, task: Task, y: np.ndarray, pred: np.ndarray, started: float, new: np.ndarray
+) -> Score:
+    """``new`` marks test rows whose station has no training rows."""
     err = np.asarray(pred, np.float64) - y
-    rmse, mae = float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
-    return Score(method, task.split, task.ratio, task.seed, rmse, mae, time.time() - started)
+    return Score(
+        method,
+        task.split,
+        task.ratio,
+        task.seed,
+        float(np.sqrt(np.mean(err**2))),
+        float(np.mean(np.abs(err))),
+        time.time() - started,
+        _rmse(err[~new]),
+        _rmse(err[new]),
+    )
 
 
 def clustered(
@@ -472,11 +492,12 @@ def run_task(sessions: pd.DataFrame, task: Task, settings: StudySettings) -> lis
     x_tr, y_tr = data.x[data.train], data.y[data.train]
     x_te, y_te = data.x[data.test], data.y[data.test]
     st_tr, seed = data.stations[data.train], task.seed
+    new = ~np.isin(data.stations[data.test], np.unique(st_tr))
     scores: list[Score] = []
 
     def timed(method: str, make: Callable[[], np.ndarray]) -> None:
         started = time.time()
-        scores.append(_score(method, task, y_te, make(), started))
+        scores.append(_score(method, task, y_te, make(), started, new))
 
     if task.ablation:
         for v in ABLATION:
@@ -524,13 +545,13 @@ def run_task(sessions: pd.DataFrame, task: Task, settings: StudySettings) -> lis
     )
     started = time.time()
     global_pred, personal_pred = federated_personalized(data, settings, seed)
-    scores.append(_score(OURS_GLOBAL, task, y_te, global_pred, started))
-    scores.append(_score(OURS_PERSONAL, task, y_te, personal_pred, started))
+    scores.append(_score(OURS_GLOBAL, task, y_te, global_pred, started, new))
+    scores.append(_score(OURS_PERSONAL, task, y_te, personal_pred, started, new))
     if task.split == "time" or task.ratio in settings.best_ratios:
         started = time.time()
         exits = best_federated(data, settings, seed)
-        scores.append(_score(OURS_CLOUD, task, y_te, exits[:, 2], started))
-        scores.append(_score(OURS_EDGE, task, y_te, exits[:, 0], started))
+        scores.append(_score(OURS_CLOUD, task, y_te, exits[:, 2], started, new))
+        scores.append(_score(OURS_EDGE, task, y_te, exits[:, 0], started, new))
     return scores
 
 
@@ -613,6 +634,13 @@ class Summary:
     mae_std: float
     runs: int
     seconds: float  # mean wall time of one run
+    rmse_seen: float | None = None  # mean over runs, at stations with training sessions
+    rmse_new: float | None = None  # ... and at stations without (opened later)
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def summarize(scores: Sequence[Score]) -> list[Summary]:
@@ -637,6 +665,8 @@ def summarize(scores: Sequence[Score]) -> list[Summary]:
                 float(mae.std(ddof=ddof)),
                 len(group),
                 float(np.mean([g.seconds for g in group])),
+                _mean_or_none([g.rmse_seen for g in group]),
+                _mean_or_none([g.rmse_new for g in group]),
             )
         )
     return sorted(out, key=lambda s: (order.get(s.method, len(order)), s.split, -s.ratio))
