@@ -30,18 +30,16 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 
 from proto.limits import WireLimits
+from proto.sqlite_store import SqliteStore
 from proto.tensor_codec import NamedArrays, bundle_from_bytes, bundle_to_bytes
 from proto.wire_errors import WireError
 
@@ -374,52 +372,38 @@ def _encode(arrays: Sequence[Any], what: str) -> bytes:
         raise InvalidRecord(f"{what}: {exc}") from exc
 
 
-class Registry:
+class Registry(SqliteStore):
     """One coordinator's registry under ``root``. Use as a context manager or ``close()``."""
+
+    NAME = "registry root"
+    FOREIGN_KEYS = True
+    UNAVAILABLE = RegistryError
+    TOO_NEW = SchemaTooNew
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         self._closed = False
-        self._lock_fd = -1
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is explicit.
-        self._conn = sqlite3.connect(
-            self.root / DB_NAME, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
+        # One coordinator per root: take the lock before the database is even opened.
+        self._lock_fd = _lock_root(self.root / LOCK_NAME)
         try:
-            self._lock_fd = _lock_root(self.root / LOCK_NAME)
-            self._configure()
-            self._migrate()
+            super().__init__(self.root / DB_NAME)
+        except BaseException:
+            self._unlock()
+            raise
+        try:
             self._remove_orphans()
         except BaseException:
-            self._release()
+            self.close()
             raise
+
+    def migrations(self) -> Sequence[Sequence[str]]:
+        return MIGRATIONS
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
 
     # --- lifecycle ----------------------------------------------------------------------
-
-    def _configure(self) -> None:
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RegistryError(f"{self.root}: WAL journal mode is unavailable (got {mode!r})")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-
-    def _migrate(self) -> None:
-        with self._write() as cur:
-            version = cur.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise SchemaTooNew(
-                    f"{self.root / DB_NAME} has schema version {version}, but this evfl knows "
-                    f"versions up to {len(MIGRATIONS)}; upgrade evfl or use another root"
-                )
-            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    cur.execute(statement)
-                cur.execute(f"PRAGMA user_version = {int(target)}")
 
     def _remove_orphans(self) -> None:
         """Delete temp files and version files no committed row names (left by a crash)."""
@@ -441,13 +425,7 @@ class Registry:
                     log.info("removing %s: no committed version refers to it", entry)
                     entry.unlink(missing_ok=True)
 
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def _release(self) -> None:
-        self._conn.close()
+    def _unlock(self) -> None:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
@@ -456,36 +434,8 @@ class Registry:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._release()
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction, committed (durably) on exit, rolled back on error."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-                cur.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    cur.execute("ROLLBACK")
-                raise
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+                super().close()
+                self._unlock()
 
     # --- shared checks ------------------------------------------------------------------
 

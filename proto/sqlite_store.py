@@ -98,11 +98,11 @@ class SqliteStore:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
+                cur.execute("COMMIT")  # inside: a failed commit (disk full) is rolled back too
             except BaseException:
                 if self._conn.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
