@@ -42,5 +42,5 @@ def test_a_newer_schema_is_refused(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 7")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 7.*another test store path"):
+    with pytest.raises(RuntimeError, match=r"schema version 7.*another test store path"):
         _Store(path)
