@@ -8,15 +8,23 @@ is kept in the store as pending until the loop confirms its delivery, and after 
 next one is delivered: a re-announced round gets the same update again ("resend"). The
 watermark, the trained version and the announcement itself are persisted, so a restart neither
 retrains nor loses the model it was serving. Every outcome is logged once and counted.
+
+A top-k update sends a small share of the delta; the rest (the residual) is stored with the
+update and added to the task's next delta (error feedback), so it is delayed, not dropped.
+Any other encoding clears the residual.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
+from fog_node.session_store import CLEAR_RESIDUAL
 from models.constraints import check_compatibility, window_mask
 from models.exit_policy import ExitPolicy
 from models.incremental import (
@@ -42,12 +50,20 @@ from proto.federation_codec import (
 )
 from proto.limits import WireLimits
 from proto.signing import KeyRing, Signer
-from proto.update_encoding import FLOAT32, UpdateEncoding, UpdateEncodingError
+from proto.update_encoding import (
+    FLOAT32,
+    DeltaKind,
+    EncodedDelta,
+    EncodedUpdate,
+    UpdateEncoding,
+    UpdateEncodingError,
+    encode_delta,
+)
 from proto.wire_errors import WireError
 
 if TYPE_CHECKING:
     from fog_node.metrics import FogMetrics
-    from fog_node.session_store import SessionStore
+    from fog_node.session_store import ClearResidual, SessionStore
     from proto import tensors_pb2
 
 log = logging.getLogger("evfl.fog.participant")
@@ -262,7 +278,9 @@ class Participant:
         ]
         wanted = v.read.update_encoding  # what the coordinator asked for (float32 if unknown)
 
-        def build(encoding: UpdateEncoding) -> tuple[federation_pb2.ClientUpdate, list[Any]]:
+        def build(
+            weights: Sequence[np.ndarray] | EncodedUpdate, encoding: UpdateEncoding
+        ) -> tuple[federation_pb2.ClientUpdate, list[Any]]:
             return build_update(
                 task_id,
                 self.station_id,
@@ -271,7 +289,7 @@ class Participant:
                 update_id,
                 result.sample_count,
                 scores,
-                result.weights,
+                weights,
                 result.train_seconds,
                 self.signer,
                 self.limits,
@@ -280,11 +298,20 @@ class Participant:
                 seed=version,
             )
 
+        residual: list[np.ndarray] | Literal[ClearResidual.CLEAR] = CLEAR_RESIDUAL
         try:
-            update, chunks = build(wanted)
+            if wanted.kind is DeltaKind.TOPK_INT8:
+                encoded = self._encode_topk(
+                    task_id, version, wanted, result.weights, v.read.weights
+                )
+                update, chunks = build(encoded.update, wanted)
+                residual = encoded.residual or CLEAR_RESIDUAL
+            else:
+                update, chunks = build(result.weights, wanted)
         except UpdateEncodingError as exc:  # e.g. a delta beyond float16's range
             log.warning("%s v%d: %s; sending float32 weights instead", task_id, version, exc)
-            update, chunks = build(FLOAT32)
+            residual = CLEAR_RESIDUAL
+            update, chunks = build(result.weights, FLOAT32)
         if chunks:
             return Outcome(
                 "too_large",
@@ -293,8 +320,31 @@ class Participant:
                 version,
             )
         payload = update.SerializeToString()
-        self.store.put_pending_update(update_id, task_id, payload)
-        self.store.update_task_state(
-            task_id, trained_version=version, watermark=result.new_watermark
+        self.store.put_pending_update(
+            update_id,
+            task_id,
+            payload,
+            residual=residual,
+            state={"trained_version": version, "watermark": result.new_watermark},
         )
         return Outcome("trained", result.summary(), task_id, version, (update_id, payload))
+
+    def _encode_topk(
+        self,
+        task_id: str,
+        version: int,
+        encoding: UpdateEncoding,
+        weights: Sequence[np.ndarray],
+        base: Sequence[np.ndarray],
+    ) -> EncodedDelta:
+        """The top-k delta with the task's stored residual added; a residual whose shapes no
+        longer match the model (its architecture changed) is dropped, not sent."""
+        residual = self.store.residual(task_id)
+        if residual is not None and [np.shape(r) for r in residual] != [np.shape(b) for b in base]:
+            log.warning(
+                "%s v%d: the stored top-k residual does not fit the model's shapes; dropped",
+                task_id,
+                version,
+            )
+            residual = None
+        return encode_delta(weights, base, encoding, residual=residual, seed=version)

@@ -2,7 +2,9 @@
 
 SQLite in WAL mode with ``synchronous=FULL``: every write method commits before it returns, so
 an upload ack or a "trained up to" watermark sent after the call survives a crash or power
-loss. Updates are kept while unsent and, once sent, until the task's next one is sent.
+loss. Updates are kept while unsent and, once sent, until the task's next one is sent. A task's
+top-k error-feedback residual is written in the same transaction as the update it was
+computed with, so a crash cannot keep the one without the other.
 ``sessions.seq`` is the insertion order; a task's watermark is the last seq it trained
 on, so "new data" is ``frame(after_seq=watermark)``.
 
@@ -16,9 +18,12 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
 
 from models.datasets.record import (
     FLOAT_COLUMNS,
@@ -29,13 +34,18 @@ from models.datasets.record import (
 )
 from proto.session_codec import to_unix_ms, zone_name
 from proto.sqlite_store import SqliteStore
+from proto.tensor_codec import bundle_from_bytes, bundle_to_bytes
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import pandas as pd
 
 __all__ = [
+    "CLEAR_RESIDUAL",
     "MIGRATIONS",
     "AddResult",
+    "ClearResidual",
     "SchemaTooNew",
     "SessionStore",
     "StoreError",
@@ -89,6 +99,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # broker that restarted empty lost it, and the station re-sends it when the round is
     # announced again.
     ("ALTER TABLE pending_updates ADD COLUMN sent_unix_ms INTEGER",),
+    # Top-k error feedback: what a task's last update did not send, added to its next delta.
+    # One row per task; ``update_id`` is the pending update it was computed with. The arrays
+    # are a TensorBundle (proto.tensor_codec), never a pickle.
+    (
+        """CREATE TABLE update_residuals (
+            task_id TEXT PRIMARY KEY REFERENCES task_state (task_id),
+            update_id TEXT NOT NULL,
+            bundle BLOB NOT NULL
+        )""",
+    ),
 )
 
 _STORED_COLUMNS = (
@@ -111,6 +131,17 @@ _INSERT_SESSION = (
     f"VALUES ({', '.join('?' * (len(_STORED_COLUMNS) + 1))}) "
     "ON CONFLICT (session_id) DO NOTHING"
 )
+
+
+class ClearResidual(Enum):
+    """Tells :meth:`SessionStore.put_pending_update` to delete the task's residual."""
+
+    CLEAR = "clear"
+
+
+# An update that is not top-k carries no residual; a stale one must not leak into a later
+# top-k round (its base and the updates since would not match it).
+CLEAR_RESIDUAL: Final = ClearResidual.CLEAR
 
 
 class StoreError(Exception):
@@ -174,6 +205,15 @@ def _session_row(s: Session, received_unix_ms: int) -> tuple[Any, ...]:
         s.longitude,
         received_unix_ms,
     )
+
+
+def _residual_bytes(arrays: Sequence[np.ndarray]) -> bytes:
+    return bundle_to_bytes([np.asarray(a) for a in arrays])
+
+
+def _residual_arrays(data: bytes) -> list[np.ndarray]:
+    # Our own rows: a model's weights fit the wire limits, so its residual does too.
+    return [array for _, array in bundle_from_bytes(data)]
 
 
 def _to_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
@@ -293,23 +333,8 @@ class SessionStore(SqliteStore):
 
     def update_task_state(self, task_id: str, **changes: Any) -> TaskState:
         """Set some fields of a task's state in one atomic upsert; returns the new state."""
-        unknown = set(changes) - _UPDATABLE_TASK_FIELDS
-        if unknown:
-            raise TypeError(f"TaskState has no updatable field(s) {sorted(unknown)}")
-        names = sorted(changes)
-        columns = ", ".join(["task_id", *names])
-        marks = ", ".join("?" * (len(names) + 1))
-        if names:
-            sets = ", ".join(f"{n} = excluded.{n}" for n in names)
-            conflict = f"DO UPDATE SET {sets}"
-        else:
-            conflict = "DO NOTHING"
         with self._write() as cur:
-            cur.execute(
-                f"INSERT INTO task_state ({columns}) VALUES ({marks}) "
-                f"ON CONFLICT (task_id) {conflict}",
-                (task_id, *(changes[n] for n in names)),
-            )
+            _upsert_task_state(cur, task_id, changes)
             row = cur.execute(
                 f"SELECT {', '.join(_TASK_FIELDS)} FROM task_state WHERE task_id = ?", (task_id,)
             ).fetchone()
@@ -320,9 +345,28 @@ class SessionStore(SqliteStore):
 
     # --- pending updates ----------------------------------------------------------------
 
-    def put_pending_update(self, update_id: str, task_id: str, payload: bytes) -> None:
+    def put_pending_update(
+        self,
+        update_id: str,
+        task_id: str,
+        payload: bytes,
+        *,
+        residual: Sequence[np.ndarray] | Literal[ClearResidual.CLEAR] | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> None:
         """Keep an update until its delivery is confirmed. Putting the same update again is a
-        no-op; reusing its id for another task or payload raises :class:`UpdateIdConflict`."""
+        no-op; reusing its id for another task or payload raises :class:`UpdateIdConflict`.
+
+        ``residual`` is the task's error-feedback state, written in the same transaction:
+        arrays replace the stored residual, :data:`CLEAR_RESIDUAL` deletes it, None (the
+        default) leaves it as it is. ``state`` sets task-state fields in the same transaction
+        (the trained version and watermark: a crash cannot keep the update and lose the fact
+        that its round was trained, which would train it again and add the residual twice).
+        A conflict changes neither the updates, the residual nor the state.
+        """
+        bundle = (
+            None if residual is None or residual is CLEAR_RESIDUAL else _residual_bytes(residual)
+        )
         with self._write() as cur:
             cur.execute(
                 "INSERT INTO task_state (task_id) VALUES (?) ON CONFLICT DO NOTHING", (task_id,)
@@ -341,6 +385,22 @@ class SessionStore(SqliteStore):
                     raise UpdateIdConflict(
                         f"update {update_id} is already pending with another task or payload"
                     )
+            if state:
+                _upsert_task_state(cur, task_id, state)
+            if residual is CLEAR_RESIDUAL:
+                cur.execute("DELETE FROM update_residuals WHERE task_id = ?", (task_id,))
+            elif bundle is not None:
+                cur.execute(
+                    "INSERT INTO update_residuals (task_id, update_id, bundle) VALUES (?, ?, ?) "
+                    "ON CONFLICT (task_id) DO UPDATE SET "
+                    "update_id = excluded.update_id, bundle = excluded.bundle",
+                    (task_id, update_id, bundle),
+                )
+
+    def residual(self, task_id: str) -> list[np.ndarray] | None:
+        """The error-feedback residual stored with the task's latest update, else None."""
+        rows = self._read("SELECT bundle FROM update_residuals WHERE task_id = ?", (task_id,))
+        return _residual_arrays(bytes(rows[0][0])) if rows else None
 
     def pending_updates(self, task_id: str | None = None) -> list[tuple[str, str, bytes]]:
         """``(update_id, task_id, payload)`` not yet confirmed, oldest first."""
@@ -377,3 +437,21 @@ class SessionStore(SqliteStore):
             (update_id,),
         )
         return bytes(rows[0][0]) if rows else None
+
+
+def _upsert_task_state(cur: sqlite3.Cursor, task_id: str, changes: Mapping[str, Any]) -> None:
+    unknown = set(changes) - _UPDATABLE_TASK_FIELDS
+    if unknown:
+        raise TypeError(f"TaskState has no updatable field(s) {sorted(unknown)}")
+    names = sorted(changes)
+    columns = ", ".join(["task_id", *names])
+    marks = ", ".join("?" * (len(names) + 1))
+    if names:
+        sets = ", ".join(f"{n} = excluded.{n}" for n in names)
+        conflict = f"DO UPDATE SET {sets}"
+    else:
+        conflict = "DO NOTHING"
+    cur.execute(
+        f"INSERT INTO task_state ({columns}) VALUES ({marks}) ON CONFLICT (task_id) {conflict}",
+        (task_id, *(changes[n] for n in names)),
+    )

@@ -11,6 +11,7 @@ from coordinator.config import load_config as load_coordinator
 from coordinator.task_spec import TaskSpecError, load_task
 from fog_node.config import load_config as load_fog
 from proto.config_files import ConfigError
+from proto.update_encoding import UpdateEncoding
 
 
 def test_fog_config_layers_and_secrets(tmp_path, monkeypatch):
@@ -67,6 +68,36 @@ def test_task_files(tmp_path):
     bad.write_text('task_id = "t"\nrounds = 0\n')
     with pytest.raises(TaskSpecError, match="rounds"):
         load_task(bad)
+
+
+@pytest.mark.parametrize(
+    "encoding", ["float32", "float16", "int8", "int8+sr", "topk-int8@0.01", "topk-int8@0.05+sr"]
+)
+def test_task_update_encodings(tmp_path, encoding):
+    task = tmp_path / "task.toml"
+    task.write_text(f'task_id = "t"\nupdate_encoding = "{encoding}"\n')
+    assert load_task(task).update_encoding == encoding
+    assert str(UpdateEncoding.parse(load_task(task).update_encoding)) == encoding  # round loop
+    task.write_text('task_id = "t"\n')
+    assert load_task(task).update_encoding == "float32"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "words"),
+    [
+        ("topk-int8@2", "must be in \\(0, 1\\]"),
+        ("topk-int8@0", "must be in \\(0, 1\\]"),
+        ("topk-int8", "must be in \\(0, 1\\]"),  # a share is required
+        ("int8@0.1", "topk_fraction is for topk-int8"),
+        ("float16+sr", "stochastic rounding is for int8 kinds"),
+        ("gzip", "'gzip' is not a valid"),
+    ],
+)
+def test_bad_task_update_encodings_are_refused(tmp_path, encoding, words):
+    task = tmp_path / "task.toml"
+    task.write_text(f'task_id = "t"\nupdate_encoding = "{encoding}"\n')
+    with pytest.raises(TaskSpecError, match=f"update_encoding: .*{words}"):
+        load_task(task)
 
 
 def test_shipped_example_configs_load(monkeypatch):

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import pytest
 
+from fog_node import participant
 from fog_node.metrics import FogMetrics
 from fog_node.participant import Participant
-from fog_node.session_store import SessionStore
+from fog_node.session_store import CLEAR_RESIDUAL, SessionStore
 from models.constraints import constraints_for
 from models.datasets.record import iter_sessions
-from models.incremental import IncrementalSettings
+from models.incremental import IncrementalSettings, train_round
 from models.served_partition import ServedVersions
+from proto import federation_pb2
 from proto.constraints_codec import constraints_to_proto
 from proto.federation_codec import build_announcement, end_of_task, read_update
 from proto.signing import KeyRing, generate_keypair, load_signer
+from proto.update_encoding import UpdateEncoding
 
 TASK = "dundee-energy"
 
 
-def _announce(g, version, min_samples=50, weights=None, signer=None, deadline_s=600):
+def _announce(g, version, min_samples=50, weights=None, signer=None, deadline_s=600, encoding=None):
     now = int(time.time() * 1000)
     message, chunks = build_announcement(
         TASK,
@@ -35,6 +39,7 @@ def _announce(g, version, min_samples=50, weights=None, signer=None, deadline_s=
         now + deadline_s * 1000,
         now,
         signer,
+        update_encoding=encoding,
     )
     assert not chunks
     return message.SerializeToString()
@@ -197,3 +202,94 @@ def test_signed_announcements_only_from_known_keys(tmp_path, station, energy_glo
         _announce(energy_global, 1, signer=load_signer(private, "coordinator-1"))
     )
     assert signed.kind == "trained", signed.detail
+
+
+TOPK = UpdateEncoding.parse("topk-int8@0.05")
+
+
+def _sent_delta(outcome, base) -> list[np.ndarray]:
+    """What an update adds to ``base``, decoded as the coordinator decodes it."""
+    update = read_update(outcome.update[1], base_weights=base)
+    assert update.message.encoding == federation_pb2.UPDATE_TOPK_INT8_DELTA
+    return [w.astype(np.float64) - b for w, b in zip(update.weights, base, strict=True)]
+
+
+def _diff(a, b) -> list[np.ndarray]:
+    return [x.astype(np.float64) - y for x, y in zip(a, b, strict=True)]
+
+
+def _sum(*parts) -> list[np.ndarray]:
+    return [sum(arrays) for arrays in zip(*parts, strict=True)]
+
+
+def _assert_close(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-5)
+
+
+def test_top_k_updates_keep_what_they_do_not_send_for_the_next_round(
+    station, energy_global, monkeypatch
+):
+    """Error feedback: over rounds, what was sent plus what is held back is what was learnt."""
+    trained = []
+
+    def spy(*args, **kwargs):
+        result = train_round(*args, **kwargs)
+        trained.append(result.weights)
+        return result
+
+    monkeypatch.setattr(participant, "train_round", spy)
+    g = energy_global
+    base1 = g.weights
+    first = station.on_announcement(_announce(g, 1, encoding=TOPK))
+    assert first.kind == "trained", first.detail
+    sent1 = _sent_delta(first, base1)
+    for d in sent1:
+        assert np.count_nonzero(d) <= math.ceil(0.05 * d.size)
+    residual1 = station.store.residual(TASK)
+    assert residual1 is not None
+    assert [r.shape for r in residual1] == [w.shape for w in g.weights]
+    assert all(r.dtype == np.float32 for r in residual1)
+    assert sum(float(np.abs(r).sum()) for r in residual1) > 0
+    true1 = _diff(trained[0], base1)
+    _assert_close(_sum(sent1, residual1), true1)
+
+    # The coordinator's next version moved by what was sent; the station trains on new rows.
+    base2 = [(b + d).astype(np.float32) for b, d in zip(base1, sent1, strict=True)]
+    station.store.add(list(iter_sessions(g.station_sessions.iloc[400:600])))
+    second = station.on_announcement(_announce(g, 2, weights=base2, encoding=TOPK))
+    assert second.kind == "trained", second.detail
+    sent2 = _sent_delta(second, base2)
+    residual2 = station.store.residual(TASK)
+    assert residual2 is not None
+    true2 = _diff(trained[1], base2)
+    _assert_close(_sum(sent2, residual2), _sum(true2, residual1))  # round 1's rest joined in
+    _assert_close(_sum(sent1, sent2, residual2), _sum(true1, true2))
+
+
+def test_an_update_not_top_k_clears_the_residual(station, energy_global):
+    station.store.put_pending_update(
+        "old", TASK, b"old", residual=[np.ones_like(w) for w in energy_global.weights]
+    )
+    outcome = station.on_announcement(
+        _announce(energy_global, 1, encoding=UpdateEncoding.parse("int8"))
+    )
+    assert outcome.kind == "trained", outcome.detail
+    assert station.store.residual(TASK) is None
+
+
+def test_a_residual_that_no_longer_fits_the_model_is_dropped(station, energy_global):
+    """A residual from another architecture is not added; the update is top-k all the same."""
+    g = energy_global
+    station.store.put_pending_update(
+        "old", TASK, b"old", residual=[np.full((3, 3), 1e3, np.float32)]
+    )
+    outcome = station.on_announcement(_announce(g, 1, encoding=TOPK))
+    assert outcome.kind == "trained", outcome.detail
+    sent = _sent_delta(outcome, g.weights)
+    assert max(float(np.abs(d).max()) for d in sent) < 1e2  # the 1e3 entries were not sent
+    residual = station.store.residual(TASK)
+    assert residual is not None
+    assert [r.shape for r in residual] == [w.shape for w in g.weights]
+    station.store.put_pending_update("later", TASK, b"later", residual=CLEAR_RESIDUAL)
+    assert station.store.residual(TASK) is None

@@ -13,11 +13,13 @@ import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from fog_node import session_store
 from fog_node.session_store import (
+    CLEAR_RESIDUAL,
     AddResult,
     SchemaTooNew,
     SessionStore,
@@ -26,6 +28,7 @@ from fog_node.session_store import (
     UpdateIdConflict,
 )
 from models.datasets.record import SESSION_COLUMNS, Session, iter_sessions
+from proto.tensor_codec import bundle_from_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -322,3 +325,100 @@ def test_a_sent_update_is_kept_until_the_tasks_next_one_is_sent(tmp_path):
         assert store.sent_update("s:t:v1") is None
         assert store.sent_update("s:t:v2") == b"two"
         assert store.sent_update("s:u:v1") == b"other task"  # other tasks keep theirs
+
+
+def _residual(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(size=(3, 4)).astype(np.float32),
+        rng.normal(size=(4,)).astype(np.float32),
+        np.float32(rng.normal()) * np.ones((), np.float32),
+        rng.normal(size=(2, 1, 5)).astype(np.float64),
+    ]
+
+
+def _assert_same(got: list[np.ndarray] | None, want: list[np.ndarray]) -> None:
+    assert got is not None
+    assert [(a.shape, a.dtype) for a in got] == [(a.shape, a.dtype) for a in want]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)  # exact: the bundle codec is lossless
+
+
+def test_a_residual_is_stored_with_its_update_and_replaced_or_cleared(tmp_path):
+    path = tmp_path / "station.db"
+    first, second = _residual(1), _residual(2)
+    with SessionStore(path) as store:
+        assert store.residual("t") is None
+        store.put_pending_update("s:t:v1", "t", b"one", residual=first)
+        _assert_same(store.residual("t"), first)
+        store.put_pending_update("s:t:v1", "t", b"one", residual=first)  # a retry: no change
+        _assert_same(store.residual("t"), first)
+        store.put_pending_update("s:u:v1", "u", b"other task", residual=second)
+        store.put_pending_update("s:t:v2", "t", b"two", residual=second)
+        _assert_same(store.residual("t"), second)
+        store.put_pending_update("s:t:v3", "t", b"three")  # None: the residual stays
+        _assert_same(store.residual("t"), second)
+    with SessionStore(path) as store:  # survives reopening
+        _assert_same(store.residual("t"), second)
+        store.put_pending_update("s:t:v4", "t", b"four", residual=CLEAR_RESIDUAL)
+        assert store.residual("t") is None
+        _assert_same(store.residual("u"), second)  # other tasks keep theirs
+        assert [u for u, _, _ in store.pending_updates("t")] == [
+            "s:t:v1",
+            "s:t:v2",
+            "s:t:v3",
+            "s:t:v4",
+        ]
+    with sqlite3.connect(path) as raw:
+        rows = raw.execute("SELECT task_id, update_id FROM update_residuals").fetchall()
+        assert rows == [("u", "s:u:v1")]
+        (blob,) = raw.execute("SELECT bundle FROM update_residuals").fetchone()
+    named = bundle_from_bytes(bytes(blob))  # a TensorBundle, not a pickle
+    assert [name for name, _ in named] == ["0", "1", "2", "3"]
+
+
+def test_a_conflicting_update_changes_neither_the_updates_nor_the_residual(tmp_path):
+    path = tmp_path / "station.db"
+    kept = _residual(1)
+    with SessionStore(path) as store:
+        store.put_pending_update("s:t:v1", "t", b"one", residual=kept)
+        for residual in (_residual(2), CLEAR_RESIDUAL):
+            with pytest.raises(UpdateIdConflict, match="s:t:v1"):
+                store.put_pending_update("s:t:v1", "t", b"not one", residual=residual)
+            _assert_same(store.residual("t"), kept)
+    with SessionStore(path) as store:
+        assert store.pending_updates() == [("s:t:v1", "t", b"one")]
+        _assert_same(store.residual("t"), kept)
+
+
+def test_an_older_store_gains_the_residual_table_and_keeps_its_updates(tmp_path, monkeypatch):
+    path = tmp_path / "station.db"
+    with monkeypatch.context() as m:
+        m.setattr(session_store, "MIGRATIONS", session_store.MIGRATIONS[:2])
+        with SessionStore(path) as old:
+            old.put_pending_update("s:t:v1", "t", b"one")
+            assert old.schema_version == 2
+    with SessionStore(path) as store:
+        assert store.schema_version == len(session_store.MIGRATIONS) == 3
+        assert store.pending_updates() == [("s:t:v1", "t", b"one")]
+        assert store.residual("t") is None
+        store.put_pending_update("s:t:v2", "t", b"two", residual=_residual(3))
+        _assert_same(store.residual("t"), _residual(3))
+
+
+def test_an_update_and_its_rounds_trained_state_commit_together(tmp_path):
+    """The round's trained version is written with its update, and not at all on a conflict."""
+    with SessionStore(tmp_path / "station.db") as store:
+        state = {"trained_version": 4, "watermark": 1234}
+        store.put_pending_update("s:t:v4", "t", b"four", residual=_residual(1), state=state)
+        got = store.task_state("t")
+        assert (got.trained_version, got.watermark) == (4, 1234)
+        with pytest.raises(UpdateIdConflict):
+            store.put_pending_update(
+                "s:t:v4", "t", b"other", state={"trained_version": 5, "watermark": 9}
+            )
+        got = store.task_state("t")
+        assert (got.trained_version, got.watermark) == (4, 1234)
+        with pytest.raises(TypeError, match="no updatable field"):
+            store.put_pending_update("s:t:v6", "t", b"six", state={"colour": 1})
+        assert [u for u, _, _ in store.pending_updates("t")] == ["s:t:v4"]
